@@ -1,0 +1,1 @@
+"""kubetrain's trainer: data, models, distributed training, export and the model server."""

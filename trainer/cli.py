@@ -1,0 +1,100 @@
+"""The `kubetrain` command: run a TrainingJob here, be one of its workers, or serve a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .server import add_serve_arguments
+from .spec import SpecError, load_job
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import JobFailed, run_local
+
+    try:
+        job = load_job(args.file, args.set)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or Path("runs") / job.metadata.name)
+    try:
+        result = run_local(job, workdir)
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: workers stopped; run again to resume from the last epoch",
+              file=sys.stderr)
+        return 130
+    model = result["model"]
+    print(
+        f"best epoch {result['bestEpoch']}: {result['metric']} "
+        f"{result['validation'].get(result['metric'], float('nan')):.4f}, "
+        f"test accuracy {result['test_accuracy']:.4f}; exported {model['name']} "
+        f"version {model['version']} to {model['path']}",
+        file=sys.stderr,
+    )
+    print(json.dumps(result))
+    if args.serve:
+        from .server import serve
+
+        serve_args = serve_parser().parse_args(["--model-dir", str(Path(model["path"]).parent)])
+        return serve(serve_args)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(args.job, Path(args.workdir), Path(args.model_root) if args.model_root else None)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    return serve(args)
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetrain serve")
+    add_serve_arguments(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetrain", description="Train TensorFlow models and serve the best checkpoint."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a TrainingJob file on this machine")
+    run.add_argument("file", help="TrainingJob YAML (the same file `kubectl apply` takes)")
+    run.add_argument("--workdir", help="checkpoints, logs, models and result.json "
+                     "(default: runs/<job name>)")
+    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a field, e.g. --set spec.training.epochs=1")
+    run.add_argument("--serve", action="store_true", help="serve the exported model afterwards")
+    run.set_defaults(func=_run)
+
+    worker = commands.add_parser("worker", help="one training worker (TF_CONFIG from the env)")
+    worker.add_argument("--job", help="TrainingJob file (default: $KUBETRAIN_JOB as JSON)")
+    worker.add_argument("--workdir", required=True, help="the job's checkpoints and result")
+    worker.add_argument("--model-root", help="where models are exported (default: workdir/models)")
+    worker.set_defaults(func=_worker)
+
+    serve = commands.add_parser("serve", help="serve an exported model over REST")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

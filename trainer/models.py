@@ -1,0 +1,115 @@
+"""The networks a TrainingJob can train, chosen by `spec.model.architecture`.
+
+Every model takes raw pixels (float32 in [0, 255]) and rescales them itself, so the exported
+SavedModel serves the same inputs clients already have, and ends in a softmax over classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .spec import Architecture
+from .tflib import keras
+
+layers = keras.layers
+
+
+def mnist_dense(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """The seed's network: 784 -> 512 ReLU -> softmax (97.86% in the seed)."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="images"),
+            layers.Rescaling(1 / 255),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="mnist_dense",
+    )
+
+
+def mnist_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Two convolution blocks with batch norm; reaches about 99.3% on MNIST."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="images"),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 5, padding="same", activation="relu"),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 5, padding="same", activation="relu"),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.4),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.4),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def planesnet_seed(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """The seed's PlanesNet network: two convolutions, dropout, a softmax readout."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="images"),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="planesnet_seed",
+    )
+
+
+def planesnet_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Three batch-normalised convolution blocks and a dense head."""
+    blocks: list[keras.layers.Layer] = []
+    for filters in (32, 64, 128):
+        blocks += [
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.BatchNormalization(),
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+        ]
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="images"),
+            layers.Rescaling(1 / 255),
+            *blocks,
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="planesnet_cnn",
+    )
+
+
+BUILDERS: dict[str, Callable[[tuple[int, ...], int], keras.Model]] = {
+    Architecture.MNIST_DENSE: mnist_dense,
+    Architecture.MNIST_CNN: mnist_cnn,
+    Architecture.PLANESNET_SEED: planesnet_seed,
+    Architecture.PLANESNET_CNN: planesnet_cnn,
+}
+
+
+def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Build an uncompiled model by architecture name."""
+    return BUILDERS[architecture](tuple(input_shape), num_classes)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )

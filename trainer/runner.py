@@ -1,0 +1,216 @@
+"""`kubetrain run`: a TrainingJob's workers as processes on this machine.
+
+It does what the operator does with pods: one process per worker, each with its TF_CONFIG
+naming every worker, and a job-level restart of all workers when one fails (a worker whose peer
+died either fails within seconds or waits forever, so survivors are killed, not trusted).
+Workers catch SIGTERM and train on, so stopping them means SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import progress
+from .spec import TrainingJob
+from .worker import EXIT_PERMANENT
+
+
+class JobFailed(RuntimeError):
+    """The job did not succeed; the message says why and where the logs are."""
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+
+
+@dataclass
+class Display:
+    """Progress for a person: a redrawn bar on a terminal, one line per epoch otherwise."""
+
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    total_epochs: int = 0
+    epoch: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.stream.isatty()
+
+    def show(self, record: dict[str, Any]) -> None:
+        kind = record["type"]
+        if kind == "start":
+            self.total_epochs = record["totalEpochs"]
+            self._line(
+                f"training on {record['workers']} worker(s): {record['trainExamples']} examples, "
+                f"{record['stepsPerEpoch']} steps of {record['globalBatch']} per epoch"
+            )
+        elif kind == "resumed":
+            self._line(f"resumed from the last checkpoint at epoch {record['fromEpoch']}")
+        elif kind == "batch" and self.live:
+            done = record["step"] / record["stepsPerEpoch"]
+            bar = "#" * int(done * 30)
+            self.stream.write(
+                f"\repoch {self.epoch + 1}/{self.total_epochs} [{bar:<30}] "
+                f"{record['step']}/{record['stepsPerEpoch']} loss {record.get('loss', 0):.4f} "
+                f"acc {record.get('accuracy', 0):.4f}"
+            )
+            self.stream.flush()
+        elif kind == "epoch":
+            self.epoch = record["epoch"]
+            m = record["metrics"]
+            self._line(
+                f"epoch {record['epoch']}/{record['totalEpochs']}: loss {m.get('loss', 0):.4f} "
+                f"acc {m.get('accuracy', 0):.4f} val_loss {m.get('val_loss', 0):.4f} "
+                f"val_acc {m.get('val_accuracy', 0):.4f} ({record['examplesPerSecond']:.0f} ex/s)"
+            )
+        elif kind == "error":
+            self._line(f"worker error: {record['message']}")
+
+    def _line(self, text: str) -> None:
+        prefix = "\r\033[K" if self.live else ""
+        self.stream.write(f"{prefix}{text}\n")
+        self.stream.flush()
+
+
+class LocalJob:
+    """One attempt's worker processes and the records they print."""
+
+    def __init__(self, job_file: Path, workdir: Path, model_root: Path, replicas: int):
+        self.records: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+        self.processes: list[subprocess.Popen[str]] = []
+        logs = workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        addresses = [f"localhost:{port}" for port in free_ports(replicas)]
+        for index in range(replicas):
+            env = {**os.environ, "TF_CONFIG": tf_config(addresses, index)}
+            env["KUBETRAIN_TERMINATION_LOG"] = str(logs / f"worker-{index}.termination")
+            with open(logs / f"worker-{index}.log", "a") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "kubetrain.trainer", "worker", "--job", str(job_file),
+                     "--workdir", str(workdir), "--model-root", str(model_root)],
+                    stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                    start_new_session=True,  # a Ctrl-C in the terminal reaches only the runner
+                )
+            self.processes.append(process)
+            threading.Thread(target=self._read, args=(index, process), daemon=True).start()
+
+    def _read(self, index: int, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            record = progress.parse(line)
+            if record is not None:
+                self.records.put((index, record))
+
+    def failed(self) -> tuple[int, int] | None:
+        """(worker, exit code) of the first worker that exited non-zero, if any."""
+        for index, process in enumerate(self.processes):
+            code = process.poll()
+            if code not in (None, 0):
+                return index, code
+        return None
+
+    @property
+    def done(self) -> bool:
+        return all(p.poll() == 0 for p in self.processes)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+
+
+def run_local(
+    job: TrainingJob, workdir: Path, model_root: Path | None = None, display: Display | None = None
+) -> dict[str, Any]:
+    """Run the job to the end, restarting all workers on failure; return result.json."""
+    display = display or Display()
+    workdir = workdir.resolve()
+    model_root = (model_root or workdir / "models").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_file = workdir / "job.json"
+    job_file.write_text(job.model_dump_json(by_alias=True, indent=2))
+    policy = job.spec.run_policy
+    deadline = time.monotonic() + (policy.active_deadline_seconds or float("inf"))
+    restarts = 0
+    while True:
+        attempt = LocalJob(job_file, workdir, model_root, job.spec.workers.replicas)
+        try:
+            outcome = _supervise(attempt, display, deadline)
+        finally:
+            attempt.kill()
+        if outcome is None:
+            return json.loads((workdir / "result.json").read_text())
+        index, code, message = outcome
+        log = workdir / "logs" / f"worker-{index}.log"
+        message = message or _last_line(log)
+        if code == EXIT_PERMANENT:
+            raise JobFailed(f"worker {index} failed: {message or 'invalid job'} (see {log})")
+        if code == -1:
+            raise JobFailed(f"DeadlineExceeded: the job ran longer than "
+                            f"spec.runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}")
+        if restarts >= policy.backoff_limit:
+            raise JobFailed(
+                f"BackoffLimitExceeded: worker {index} exited with code {code} after "
+                f"{restarts} restart(s) (spec.runPolicy.backoffLimit={policy.backoff_limit}); "
+                f"last error: {message}; see {log}"
+            )
+        restarts += 1
+        display._line(f"worker {index} exited with code {code}; restarting all workers "
+                      f"({restarts}/{policy.backoff_limit})")
+
+
+def _last_line(log: Path) -> str | None:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
+
+
+def _supervise(
+    attempt: LocalJob, display: Display, deadline: float
+) -> tuple[int, int, str | None] | None:
+    """Wait for the attempt: None when all workers succeeded, else (worker, code, message)."""
+    last_error: dict[int, str] = {}
+    while True:
+        try:
+            index, record = attempt.records.get(timeout=0.2)
+            if record["type"] == "error":
+                last_error[index] = record["message"]
+            if index == 0 or record["type"] == "error":
+                display.show(record)
+        except queue.Empty:
+            pass
+        failure = attempt.failed()
+        if failure is not None:
+            time.sleep(0.2)  # let the reader threads deliver the worker's last words
+            while not attempt.records.empty():
+                index, record = attempt.records.get()
+                if record["type"] == "error":
+                    last_error[index] = record["message"]
+            index, code = failure
+            return index, code, last_error.get(index)
+        if attempt.done and attempt.records.empty():
+            return None
+        if time.monotonic() > deadline:
+            return 0, -1, None

@@ -1,0 +1,282 @@
+"""The TrainingJob resource: the one definition of its shape.
+
+`kubetrain run` reads these models from a YAML file, the operator reads them from the
+Kubernetes object, and the CRD's OpenAPI schema is generated from them, so a field exists
+in exactly one place. Field names are camelCase on the wire (Kubernetes API conventions)
+and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kubetrain.io"
+API_VERSION = "v1alpha1"
+KIND = "TrainingJob"
+
+
+class SpecError(ValueError):
+    """A TrainingJob that cannot run; the message names the offending field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+
+class DatasetName(StrEnum):
+    MNIST = "mnist"
+    PLANESNET = "planesnet"
+
+
+class SplitBy(StrEnum):
+    RANDOM = "random"
+    SCENE = "scene"
+
+
+class Architecture(StrEnum):
+    """Networks a job can train; the first two per dataset are the seed's."""
+
+    MNIST_DENSE = "mnist-dense"
+    MNIST_CNN = "mnist-cnn"
+    PLANESNET_SEED = "planesnet-seed"
+    PLANESNET_CNN = "planesnet-cnn"
+
+
+ARCHITECTURE_DATASET: dict[str, str] = {
+    Architecture.MNIST_DENSE: DatasetName.MNIST,
+    Architecture.MNIST_CNN: DatasetName.MNIST,
+    Architecture.PLANESNET_SEED: DatasetName.PLANESNET,
+    Architecture.PLANESNET_CNN: DatasetName.PLANESNET,
+}
+
+
+class Dataset(_Model):
+    """Where the examples come from and how they are split."""
+
+    name: DatasetName = Field(description="Which dataset the source holds.")
+    source: str = Field(
+        min_length=1,
+        description="Path to the data: a directory or a file (IDX files, PlanesNet PNG folder "
+        "or planesnet.json). Relative paths resolve against the working directory "
+        "(the image's working directory in a pod).",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of the training data held out for validation."
+    )
+    test_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share held out for the final test, for datasets without a test set "
+        "of their own (PlanesNet). MNIST uses its official 10,000-image test set.",
+    )
+    split_by: SplitBy = Field(
+        SplitBy.RANDOM,
+        description="`scene` keeps all chips of a PlanesNet scene in one split, which measures "
+        "generalisation honestly; `random` is a stratified random split.",
+    )
+    augment: bool = Field(False, description="Random flips and 90-degree rotations (PlanesNet).")
+    limit: int | None = Field(
+        None, ge=10, description="Use at most this many training examples (quick trials)."
+    )
+
+
+class ModelSpec(_Model):
+    architecture: Architecture = Field(description="The network to train.")
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Name the model is exported and served under; defaults to the dataset name.",
+    )
+
+
+class Training(_Model):
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536, description="Global batch, split across workers.")
+    learning_rate: float = Field(0.001, gt=0, le=10)
+    metric: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="Validation metric that picks the best checkpoint."
+    )
+    seed: int = Field(42, ge=0, description="Seeds the split, the weights and the shuffling.")
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class Workers(_Model):
+    replicas: int = Field(2, ge=1, le=64, description="Worker processes (pods); 0 is the chief.")
+    image: str = Field("localhost/kubetrain-trainer:dev", min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Storage(_Model):
+    """Where checkpoints and exported models live; in a pod, a PVC mounted at `mountPath`."""
+
+    claim_name: str | None = Field(
+        None, description="PersistentVolumeClaim holding checkpoints and exported models."
+    )
+    mount_path: str = Field("/var/lib/kubetrain", pattern=r"^/")
+    data_claim_name: str | None = Field(
+        None, description="Optional PVC holding the dataset, mounted read-only at /data."
+    )
+
+
+class Promotion(_Model):
+    enabled: bool = True
+    deployment: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Serving Deployment to roll the best model out to; defaults to "
+        "`<model name>-serving`.",
+    )
+    replicas: int = Field(2, ge=1, le=100)
+    min_improvement: float = Field(
+        0.0, ge=0, description="How much the new metric must beat the served one by."
+    )
+    progress_deadline_seconds: int = Field(300, ge=10)
+
+
+class CleanPodPolicy(StrEnum):
+    ALL = "All"
+    RUNNING = "Running"
+    NONE = "None"
+
+
+class RunPolicy(_Model):
+    backoff_limit: int = Field(3, ge=0, description="Job-level restarts before Failed.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+
+
+class TrainingJobSpec(_Model):
+    dataset: Dataset
+    model: ModelSpec
+    training: Training = Field(default_factory=Training)
+    workers: Workers = Field(default_factory=Workers)
+    storage: Storage = Field(default_factory=Storage)
+    promotion: Promotion = Field(default_factory=Promotion)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    @model_validator(mode="after")
+    def _architecture_fits_dataset(self) -> TrainingJobSpec:
+        expected = ARCHITECTURE_DATASET[self.model.architecture]
+        if expected != self.dataset.name:
+            raise ValueError(
+                f"spec.model.architecture {self.model.architecture!r} is for the "
+                f"{expected} dataset, but spec.dataset.name is {self.dataset.name!r}"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or str(self.dataset.name)
+
+    @property
+    def serving_deployment(self) -> str:
+        return self.promotion.deployment or f"{self.model_name}-serving"
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)]
+    namespace: str | None = None
+
+
+class TrainingJob(_Model):
+    api_version: Literal["kubetrain.io/v1alpha1"] = f"{API_GROUP}/{API_VERSION}"
+    kind: Literal["TrainingJob"] = KIND
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: dict[str, Any] | None = None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + to_camel(str(part))
+    return path
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+        where = _field_path(loc) or "spec"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_job(document: dict[str, Any]) -> TrainingJob:
+    """Validate a TrainingJob document, raising SpecError naming each bad field."""
+    try:
+        return TrainingJob.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(f"invalid TrainingJob: {_describe(err)}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Interpret a `--set` value as YAML does (numbers, booleans, null), like `helm --set`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(document: dict[str, Any], assignment: str) -> None:
+    """Apply one `PATH=VALUE` override (dotted camelCase path) to a raw document in place."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path:
+        raise SpecError(f"--set {assignment!r}: expected PATH=VALUE, e.g. spec.training.epochs=1")
+    keys = path.split(".")
+    node: Any = document
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key) if isinstance(node, dict) else None
+        if child is None:
+            node[key] = child = {}
+        if not isinstance(child, dict):
+            where = ".".join(keys[: i + 1])
+            raise SpecError(f"--set {path}: {where} is not an object")
+        node = child
+    node[keys[-1]] = parse_value(raw)
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainingJob:
+    """Read a TrainingJob YAML file, apply `--set` overrides, and validate it."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(document, dict):
+        raise SpecError(f"{path}: expected a TrainingJob object, got {type(document).__name__}")
+    for assignment in overrides:
+        apply_override(document, assignment)
+    try:
+        return parse_job(document)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None

@@ -1,0 +1,299 @@
+"""One worker of a MultiWorkerMirroredStrategy training run.
+
+Every worker runs this same program with its own TF_CONFIG (the local runner and the operator
+set it alike). Each reads only its shard of the training data, the strategy keeps weights in
+sync, BackupAndRestore lets a restarted job resume at the last finished epoch, and the chief
+alone publishes per-epoch checkpoints. When training ends the chief evaluates the best epoch on
+the test split and exports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import checkpoints, progress
+from .data import Source, load_source, shard, split
+from .export import export_model
+from .models import build_model, compile_model
+from .spec import TrainingJob
+from .tflib import keras, tf
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This worker's place in the job, from TF_CONFIG (one worker without it)."""
+
+    index: int
+    count: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+    @classmethod
+    def from_env(cls) -> Cluster:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        workers = config.get("cluster", {}).get("worker", [])
+        return cls(index=int(config.get("task", {}).get("index", 0)), count=max(len(workers), 1))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a job keeps its state: the workdir is per job, the model root is shared."""
+
+    workdir: Path
+    model_root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.workdir / "checkpoints"
+
+    @property
+    def backup(self) -> Path:
+        return self.workdir / "backup"
+
+    @property
+    def result(self) -> Path:
+        return self.workdir / RESULT_FILE
+
+
+def _augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    images = tf.image.random_flip_left_right(images)
+    images = tf.image.random_flip_up_down(images)
+    images = tf.image.rot90(images, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+    return images, labels
+
+
+def _pipeline(
+    images: np.ndarray, labels: np.ndarray, batch: int, *, train: bool, augment: bool, seed: int
+) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if train:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save every epoch with its metrics; only the chief's copy is kept.
+
+    All workers save because saving distributed variables may run collectives; the others
+    write to a throwaway directory, as TensorFlow's multi-worker guide prescribes.
+    """
+
+    def __init__(self, root: Path, cluster: Cluster) -> None:
+        super().__init__()
+        self.root, self.cluster = root, cluster
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.cluster.is_chief:
+            staging = checkpoints.staging_dir(self.root)
+            self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
+            checkpoints.publish(staging, self.root, epoch + 1, logs or {})
+        else:
+            scratch = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
+            try:
+                self.model.save_weights(str(scratch / checkpoints.WEIGHTS_PREFIX))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A fingerprint of the weights; equal on all workers when they are in sync."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ProgressReporter(keras.callbacks.Callback):
+    """Emit progress records: every epoch, and a few times a second from the chief."""
+
+    def __init__(self, cluster: Cluster, total_epochs: int, steps: int, global_batch: int):
+        super().__init__()
+        self.cluster, self.total_epochs = cluster, total_epochs
+        self.steps, self.global_batch = steps, global_batch
+        self.first_epoch: int | None = None
+        self.last_batch_report = 0.0
+        self.epoch_start = 0.0
+        self.examples = 0
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            if epoch > 0:
+                progress.emit("resumed", worker=self.cluster.index, fromEpoch=epoch + 1)
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        if self.cluster.is_chief and now - self.last_batch_report >= 0.5:
+            self.last_batch_report = now
+            progress.emit("batch", step=batch + 1, stepsPerEpoch=self.steps, **(logs or {}))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - self.epoch_start
+        examples = self.steps * self.global_batch
+        self.examples += examples
+        self.train_seconds += seconds
+        progress.emit(
+            "epoch",
+            worker=self.cluster.index,
+            epoch=epoch + 1,
+            totalEpochs=self.total_epochs,
+            metrics={k: float(v) for k, v in (logs or {}).items()},
+            seconds=round(seconds, 3),
+            examplesPerSecond=round(examples / seconds, 1),
+            weightsDigest=weights_digest(self.model),
+        )
+
+
+def _validation_batches(count: int, global_batch: int, workers: int) -> tuple[int, int]:
+    """(global batch, steps) that cover as much of the validation set as divides evenly.
+
+    Every worker must run the same number of equal batches, so the last partial batch is
+    left out rather than padded or repeated (which would bias the metric).
+    """
+    batch = global_batch if count >= global_batch else (count // workers) * workers
+    if batch == 0:
+        raise ValueError(f"validation set of {count} examples is too small for {workers} workers")
+    return batch, count // batch
+
+
+def _has_backup(directory: Path) -> bool:
+    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
+
+
+def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
+    """Train as this worker; the chief returns the run's result, the others None."""
+    cluster = Cluster.from_env()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    spec = job.spec
+    keras.utils.set_random_seed(spec.training.seed)
+    started = time.time()
+
+    source = load_source(spec.dataset)
+    parts = split(source, spec.dataset, spec.training.seed)
+    workers = strategy.num_replicas_in_sync
+    global_batch = max(spec.training.batch_size // workers, 1) * workers
+    per_worker = global_batch // workers
+    steps = max(len(parts.train) // global_batch, 1)
+    val_batch, val_steps = _validation_batches(len(parts.validation), global_batch, workers)
+
+    own_train = shard(parts.train, cluster.index, cluster.count, spec.training.seed)
+    used_val = parts.validation[: val_batch * val_steps]
+    own_val = shard(used_val, cluster.index, cluster.count, spec.training.seed)
+    train_ds = _pipeline(
+        source.train.read(own_train), source.train.labels[own_train], per_worker,
+        train=True, augment=spec.dataset.augment, seed=spec.training.seed,
+    )
+    val_ds = _pipeline(
+        source.train.read(own_val), source.train.labels[own_val], val_batch // workers,
+        train=False, augment=False, seed=spec.training.seed,
+    )
+    progress.emit(
+        "start", worker=cluster.index, workers=cluster.count, totalEpochs=spec.training.epochs,
+        stepsPerEpoch=steps, globalBatch=global_batch, trainExamples=len(parts.train),
+        shardExamples=len(own_train), validationExamples=len(used_val),
+    )
+
+    if cluster.is_chief and not _has_backup(layout.backup):
+        # A fresh start: epochs left by an earlier, finished run must not compete for "best".
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    with strategy.scope():
+        model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
+        compile_model(model, spec.training.learning_rate)
+    reporter = ProgressReporter(cluster, spec.training.epochs, steps, global_batch)
+    model.fit(
+        strategy.distribute_datasets_from_function(lambda _: train_ds),
+        epochs=spec.training.epochs,
+        steps_per_epoch=steps,
+        validation_data=strategy.distribute_datasets_from_function(lambda _: val_ds),
+        validation_steps=val_steps,
+        callbacks=[
+            # Publish the checkpoint before the backup marks the epoch done, so a crash
+            # between the two retrains the epoch instead of losing its checkpoint.
+            EpochCheckpoint(layout.checkpoints, cluster),
+            keras.callbacks.BackupAndRestore(str(layout.backup)),
+            reporter,
+        ],
+        verbose=0,
+    )
+    if not cluster.is_chief:
+        return None
+    return finish(job, layout, source, parts.test, started, reporter)
+
+
+def finish(
+    job: TrainingJob,
+    layout: Layout,
+    source: Source,
+    test_indices: np.ndarray,
+    started: float,
+    reporter: ProgressReporter,
+) -> dict[str, Any]:
+    """Evaluate the best epoch on the test split, export it and write result.json."""
+    spec = job.spec
+    metric = spec.training.metric
+    best = checkpoints.best_checkpoint(checkpoints.list_checkpoints(layout.checkpoints), metric)
+    model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
+    compile_model(model, spec.training.learning_rate)
+    model.load_weights(str(best.weights)).expect_partial()
+    test_catalog = source.test or source.train
+    test_loss, test_accuracy = model.evaluate(
+        test_catalog.read(test_indices).astype(np.float32),
+        test_catalog.labels[test_indices],
+        batch_size=512,
+        verbose=0,
+    )
+    test = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
+    validation = {k: v for k, v in best.metrics.items() if k.startswith("val_")}
+    exported = export_model(
+        model,
+        layout.model_root,
+        spec.model_name,
+        {
+            "jobName": job.metadata.name,
+            "dataset": spec.dataset.name,
+            "architecture": spec.model.architecture,
+            "epoch": best.epoch,
+            "metric": metric,
+            "metrics": {**best.metrics, **test},
+            "classNames": source.class_names,
+        },
+    )
+    examples_per_second = reporter.examples / reporter.train_seconds if reporter.train_seconds else 0
+    result = {
+        "status": "Succeeded",
+        "jobName": job.metadata.name,
+        "bestEpoch": best.epoch,
+        "metric": metric,
+        "validation": validation,
+        "test": test,
+        "test_accuracy": test["test_accuracy"],
+        "checkpoint": str(best.path),
+        "model": {"name": exported.name, "version": exported.version, "path": str(exported.path)},
+        "wallTimeSeconds": round(time.time() - started, 1),
+        "examplesPerSecond": round(examples_per_second, 1),
+        "testExamples": len(test_indices),
+    }
+    staging = layout.result.with_name(f".{RESULT_FILE}.tmp")
+    staging.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(staging, layout.result)
+    return result
