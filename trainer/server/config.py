@@ -1,0 +1,145 @@
+"""Command-line flags and the settings object built from them (no heavy imports here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8501
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_dir: Path
+    model_name: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    model_version: int | None = None
+    enable_batching: bool = True
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 2000
+    batch_threads: int = 1
+    max_body_bytes: int = MAX_BODY_BYTES
+    shutdown_delay: float = 0.0
+    drain_timeout: float = 20.0
+    access_log: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerSettings:
+        model_dir = Path(args.model_dir)
+        return cls(
+            model_dir=model_dir,
+            model_name=args.model_name or model_dir.resolve().name,
+            host=args.host,
+            port=args.port,
+            model_version=args.model_version,
+            enable_batching=args.enable_batching,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_micros=args.batch_timeout_micros,
+            batch_threads=args.batch_threads,
+            max_body_bytes=args.max_body_bytes,
+            shutdown_delay=args.shutdown_delay,
+            drain_timeout=args.drain_timeout,
+            access_log=args.access_log,
+            log_level=args.log_level,
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(kind: type[int] | type[float]):
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+        return value
+
+    return parse
+
+
+def _version(text: str) -> int | None:
+    if text == "":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a model version is a positive integer, got {text!r}")
+    return int(text)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `kubetrain serve`; defaults suit the serving Deployment's container."""
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="<model_root>/<name>: the directory holding the integer version directories",
+    )
+    parser.add_argument(
+        "--model-name", default=None, help="name in the URL (default: the directory name)"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    parser.add_argument(
+        "--model-version",
+        type=_version,
+        default=_version(os.environ.get("MODEL_VERSION", "")),
+        help="serve this version instead of the highest one (env MODEL_VERSION)",
+    )
+    batching = parser.add_argument_group("dynamic batching")
+    batching.add_argument(
+        "--enable-batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="coalesce concurrent requests into one model call",
+    )
+    batching.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=32,
+        help="most rows in one model call (a larger single request runs alone)",
+    )
+    batching.add_argument(
+        "--batch-timeout-micros",
+        type=_non_negative(int),
+        default=2000,
+        help="longest a request waits for others to join its batch",
+    )
+    batching.add_argument(
+        "--batch-threads", type=_positive_int, default=1, help="model calls that may run at once"
+    )
+    lifecycle = parser.add_argument_group("limits and shutdown")
+    lifecycle.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=MAX_BODY_BYTES,
+        help="larger request bodies are refused with 413",
+    )
+    lifecycle.add_argument(
+        "--shutdown-delay",
+        type=_non_negative(float),
+        default=0.0,
+        help="seconds to keep serving (while reporting not-ready) after SIGTERM, for images "
+        "without a preStop sleep",
+    )
+    lifecycle.add_argument(
+        "--drain-timeout",
+        type=_non_negative(float),
+        default=20.0,
+        help="seconds to let in-flight requests finish after the listener closes",
+    )
+    lifecycle.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log each request",
+    )
+    lifecycle.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )

@@ -1,0 +1,29 @@
+"""Errors that become TensorFlow-Serving-style JSON answers: `{"error": "..."}` and a status."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(ApiError):
+    status_code = 400
+
+
+class NotFound(ApiError):
+    status_code = 404
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+
+
+class Unavailable(ApiError):
+    status_code = 503

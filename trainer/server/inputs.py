@@ -1,0 +1,72 @@
+"""Turning a predict request's JSON tensor into a validated float32 batch.
+
+Everything a client can get wrong is caught here, before the request joins a batch, so one
+bad request can never fail the batch it would have shared with good ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest
+
+PIXEL_MIN = 0.0
+PIXEL_MAX = 255.0
+
+
+def unwrap_named(value: Any, input_name: str, where: str) -> Any:
+    """`{"images": x}` -> `x`; the model has one input, so no other key is meaningful."""
+    if isinstance(value, dict):
+        if set(value) != {input_name}:
+            raise BadRequest(
+                f"{where} names inputs {sorted(value)}; this model's only input is {input_name!r}"
+            )
+        return value[input_name]
+    return value
+
+
+def instances_to_tensor(instances: list[Any], input_name: str) -> Any:
+    """Row format: a list of tensors, or of `{"images": tensor}` objects."""
+    if instances and all(isinstance(item, dict) for item in instances):
+        return [unwrap_named(item, input_name, "an instance") for item in instances]
+    if any(isinstance(item, dict) for item in instances):
+        raise BadRequest("instances mix named objects and bare tensors")
+    return instances
+
+
+def to_batch(value: Any, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Validate a nested list as a batch of `input_shape` pixel arrays, as float32.
+
+    A batch of single-channel images may leave the channel axis out (MNIST's 28x28), which
+    is how such images are usually written down.
+    """
+    if not isinstance(value, list):
+        raise BadRequest(f"expected a list of instances of shape {list(input_shape)}")
+    if not value:
+        raise BadRequest("no instances: the batch is empty")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError) as error:
+        raise BadRequest(f"instances are not a rectangular numeric array: {error}") from None
+    if array.dtype.kind not in "iuf":
+        kind = {"b": "booleans", "U": "strings", "O": "mixed or ragged values"}.get(
+            array.dtype.kind, f"values of type {array.dtype}"
+        )
+        raise BadRequest(f"instances must be numbers; got {kind}")
+    shape = array.shape[1:]
+    if shape != input_shape:
+        if input_shape[-1] == 1 and shape == input_shape[:-1]:
+            array = array[..., np.newaxis]
+        else:
+            raise BadRequest(
+                f"each instance must have shape {list(input_shape)}; got {list(shape)}"
+            )
+    with np.errstate(over="ignore", invalid="ignore"):
+        batch = array.astype(np.float32)
+    if not np.isfinite(batch).all():
+        raise BadRequest("instances contain NaN or infinite values (or overflow float32)")
+    if batch.min() < PIXEL_MIN or batch.max() > PIXEL_MAX:
+        raise BadRequest(f"pixel values must lie in [{PIXEL_MIN:g}, {PIXEL_MAX:g}]")
+    return batch

@@ -1,0 +1,134 @@
+"""Finding, loading and calling one exported model version.
+
+The layout is the exporter's (`trainer/export.py`): integer version directories under the
+model directory, each a SavedModel plus `metadata.json`. Anything else in the directory,
+such as a hidden `.export-*` staging directory, is an incomplete export and is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_NAME = "serving_default"
+METADATA_FILE = "metadata.json"
+
+
+class ModelNotFound(RuntimeError):
+    """The model directory has no servable version (or not the pinned one)."""
+
+
+def available_versions(model_dir: Path) -> list[int]:
+    """Complete version directories, ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def choose_version(model_dir: Path, pinned: int | None) -> int:
+    """The pinned version if it exists, else the highest; raises `ModelNotFound`."""
+    found = available_versions(model_dir)
+    if pinned is not None:
+        if pinned not in found:
+            raise ModelNotFound(
+                f"version {pinned} not found in {model_dir} (available: {found or 'none'})"
+            )
+        return pinned
+    if not found:
+        raise ModelNotFound(f"no model version directory in {model_dir}")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # TensorFlow's enum name, e.g. DT_FLOAT, as TensorFlow Serving reports it
+
+
+@dataclass
+class ServedModel:
+    """A loaded SavedModel signature plus the export's metadata."""
+
+    name: str
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+    input: TensorInfo
+    output: TensorInfo
+    _function: Any = field(repr=False)
+    _tf: Any = field(repr=False)
+    # The signature holds only weak references to the variables: keep their owner alive.
+    _saved_model: Any = field(repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One instance's shape, e.g. (28, 28, 1)."""
+        return tuple(int(d) for d in self.input.shape[1:])  # type: ignore[arg-type]
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.metadata.get("classNames")
+        num_classes = int(self.output.shape[-1] or 0)
+        if isinstance(names, list) and len(names) == num_classes:
+            return [str(n) for n in names]
+        return [str(i) for i in range(num_classes)]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Run the signature on a float32 batch; blocking, so callers use a worker thread."""
+        result = self._function(**{self.input.name: self._tf.constant(images)})
+        return result[self.output.name].numpy()
+
+    def warm_up(self) -> None:
+        """One real prediction, so the first client does not pay for tracing and allocation."""
+        self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
+
+
+def _tensor_info(name: str, spec: Any) -> TensorInfo:
+    from tensorflow.core.framework import types_pb2
+
+    shape = tuple(None if d is None else int(d) for d in spec.shape.as_list())
+    return TensorInfo(
+        name=name, shape=shape, dtype=types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
+    )
+
+
+def load_model(name: str, model_dir: Path, version: int) -> ServedModel:
+    """Load `<model_dir>/<version>` and check it has the single-input serving signature."""
+    from kubetrain.trainer.tflib import tf
+
+    path = model_dir / str(version)
+    loaded = tf.saved_model.load(str(path))
+    if SIGNATURE_NAME not in loaded.signatures:
+        raise ModelNotFound(f"{path} has no {SIGNATURE_NAME!r} signature")
+    function = loaded.signatures[SIGNATURE_NAME]
+    _, input_specs = function.structured_input_signature
+    if len(input_specs) != 1:
+        raise ModelNotFound(f"{path}: expected one input tensor, found {sorted(input_specs)}")
+    ((input_name, input_spec),) = input_specs.items()
+    outputs = function.structured_outputs
+    if len(outputs) != 1:
+        raise ModelNotFound(f"{path}: expected one output tensor, found {sorted(outputs)}")
+    ((output_name, output_spec),) = outputs.items()
+    metadata_file = path / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    model = ServedModel(
+        name=name,
+        version=version,
+        path=path,
+        metadata=metadata,
+        input=_tensor_info(input_name, input_spec),
+        output=_tensor_info(output_name, output_spec),
+        _function=function,
+        _tf=tf,
+        _saved_model=loaded,
+    )
+    log.info("loaded %s version %d from %s", name, version, path)
+    return model
