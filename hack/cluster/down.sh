@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Stops everything up.sh started, by the PIDs it recorded, then the pods'
+# processes and containerd shims, and undoes mounts, cgroups, iptables rules
+# and the bridge. Images and local-path volume data stay for the next start.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+quiet=false
+[[ ${1:-} == --quiet ]] && quiet=true
+say() { $quiet || log "$@"; }
+export PATH="${KT_BIN}:${PATH}"
+
+# stop NAME: TERM the recorded PID if it is still that program, then KILL.
+stop() {
+  local name=$1 pidfile="${KT_RUN}/$1.pid" pid
+  [[ -f ${pidfile} ]] || return 0
+  pid="$(<"${pidfile}")"
+  if [[ -r /proc/${pid}/cmdline ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "${name}"; then
+    say "stopping ${name} (${pid})"
+    kill -TERM "${pid}" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "${pid}" 2>/dev/null || true
+    while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+  fi
+  rm -f "${pidfile}"
+}
+
+# The kubelet first, so nothing restarts the pods we are about to kill.
+for c in kubelet local-path-provisioner coredns kube-proxy kube-scheduler kube-controller-manager; do
+  stop "${c}"
+done
+
+# Every pod process lives in the kubelet's kubepods cgroups: kill them by PID.
+pod_pids() { cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+  /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u; }
+for _ in $(seq 50); do
+  pids="$(pod_pids)"
+  [[ -z ${pids} ]] && break
+  # shellcheck disable=SC2086
+  kill -KILL ${pids} 2>/dev/null || true
+  sleep 0.2
+done
+
+ctr_() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
+if [[ -S ${KT_CONTAINERD_SOCK} ]] && ctr_ version >/dev/null 2>&1; then
+  for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "${t}" >/dev/null 2>&1 || true; done
+  for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "${c}" >/dev/null 2>&1 || true; done
+fi
+# Shims outlive containerd by design; they record their PIDs in its state dir.
+for f in "${KT_RUN}"/containerd/io.containerd.runtime.v2.task/*/*/shim.pid; do
+  [[ -f ${f} ]] || continue
+  pid="$(<"${f}")"
+  if [[ -r /proc/${pid}/cmdline ]] && grep -qa containerd-shim "/proc/${pid}/cmdline"; then
+    say "stopping containerd shim ${pid}"
+    kill -KILL "${pid}" 2>/dev/null || true
+  fi
+done
+stop containerd
+
+for c in kube-apiserver etcd; do
+  stop "${c}"
+done
+
+# kube-proxy's own cleanup removes its iptables chains.
+if [[ -x "${KT_BIN}/kube-proxy" ]] && iptables -S 2>/dev/null | grep -q KUBE-; then
+  kube-proxy --cleanup >/dev/null 2>&1 || true
+fi
+if iptables -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null; then
+  iptables -D FORWARD -j KUBETRAIN-ISOLATE
+fi
+iptables -F KUBETRAIN-ISOLATE 2>/dev/null && iptables -X KUBETRAIN-ISOLATE 2>/dev/null || true
+
+# Mounts left by the kubelet (volumes) and containerd (rootfs, shm, netns).
+findmnt -rn -o TARGET | grep -E "^(${KT_STATE}|${KT_RUN})/" | sort -r | while read -r m; do
+  umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || true
+done
+
+for d in /sys/fs/cgroup/*/kubepods; do
+  [[ -d ${d} ]] && find "${d}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+done
+
+if ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
+  ip link delete "${KT_BRIDGE}"
+fi
+if ! findmnt -rn -o TARGET | grep -q "^${KT_RUN}/"; then
+  rm -rf "${KT_RUN}"
+fi
+say "cluster stopped"

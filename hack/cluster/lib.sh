@@ -1,0 +1,63 @@
+# Shared settings for the development cluster scripts. Sourced, not run.
+# shellcheck shell=bash
+
+KT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+KT_CLUSTER_SRC="${KT_ROOT}/hack/cluster"
+
+# The one Kubernetes release every component comes from; go.mod pins the same.
+KUBE_VERSION="v1.34.12"
+
+# Everything built or downloaded is cached here and survives `cluster-down`.
+KT_CACHE="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubetrain}"
+# Runtime state of the running cluster (certs, etcd data, logs, pids).
+KT_STATE="${KUBETRAIN_STATE:-/var/lib/kubetrain}"
+KT_RUN="${KT_STATE}/run"
+KT_LOGS="${KT_STATE}/logs"
+KT_PKI="${KT_STATE}/pki"
+
+export GOMODCACHE="${KT_CACHE}/go/mod"
+export GOCACHE="${KT_CACHE}/go/build"
+export GOFLAGS="-mod=mod -buildvcs=false"
+
+# Addresses exist only on this machine: a bridge with no uplink, and a
+# service range that only kube-proxy's rules know.
+KT_BRIDGE="kt0"
+KT_POD_CIDR="10.244.0.0/24"
+KT_NODE_IP="10.244.0.1"
+KT_SERVICE_CIDR="10.96.0.0/16"
+KT_KUBERNETES_SVC_IP="10.96.0.1"
+KT_DNS_IP="${KT_NODE_IP}"
+KT_API_PORT=6443
+KT_NODE_NAME="kubetrain-dev"
+
+KT_CONTAINERD_SOCK="${KT_RUN}/containerd/containerd.sock"
+KT_PAUSE_IMAGE="localhost/kubetrain-pause:1"
+KT_BUSYBOX_IMAGE="localhost/kubetrain-busybox:1"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Short hash of the given files: binaries are cached under their version and
+# the hash of their build inputs, so a changed go.mod or source never reuses a
+# stale binary.
+kt_hash() { cat "$@" | sha256sum | cut -c1-12; }
+
+# Where build.sh links the binaries the cluster runs.
+KT_BIN="${KT_CACHE}/bin/current"
+
+# kt_import IMAGE: copy an image from podman into the cluster's containerd
+# (namespace k8s.io) unless that very image ID is already there.
+kt_import() {
+  local image=$1 id mark
+  id="$(podman image inspect --format '{{.Id}}' "${image}")"
+  mark="${KT_STATE}/containerd-imported/${image//[\/:]/_}"
+  if [[ -f ${mark} && "$(<"${mark}")" == "${id}" ]] &&
+    ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io images ls -q | grep -qxF "${image}"; then
+    return 0
+  fi
+  podman save --quiet --format docker-archive "${image}" |
+    ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io images import - >/dev/null
+  mkdir -p "$(dirname "${mark}")"
+  echo "${id}" >"${mark}"
+  log "imported ${image} into the cluster"
+}

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Starts the development cluster (building what is missing first) and prints,
+# as its last line, the `export KUBECONFIG=...` to use it. Reuses a cluster that
+# is already up. Each component is its own process; PIDs go to ${KT_RUN}.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ ${EUID} -eq 0 ]] || die "must run as root (it runs a kubelet and containerd)"
+KUBECONFIG_OUT="${KT_PKI}/admin.kubeconfig"
+
+"${KT_CLUSTER_SRC}/deps.sh"
+"${KT_CLUSTER_SRC}/build.sh"
+export PATH="${KT_BIN}:${PATH}"
+
+if "${KT_CLUSTER_SRC}/status.sh" --quiet; then
+  log "cluster already running"
+  echo "export KUBECONFIG=${KUBECONFIG_OUT}"
+  exit 0
+fi
+# Leftovers of a crashed or half-started cluster.
+"${KT_CLUSTER_SRC}/down.sh" --quiet
+
+"${KT_CLUSTER_SRC}/pki.sh"
+mkdir -p "${KT_RUN}" "${KT_LOGS}" "${KT_STATE}/local-path"
+rm -f "${KT_LOGS}"/*.log
+# Every start is a fresh cluster; only images and volumes' data are kept.
+rm -rf "${KT_STATE}/etcd" "${KT_STATE}/kubelet" "${KT_STATE}/cni" "${KT_STATE}/config"
+mkdir -p "${KT_STATE}/config" "${KT_STATE}/cni/net.d"
+cfg="${KT_STATE}/config"
+pki="${KT_PKI}"
+
+# start NAME CMD...: run detached in its own session, log and record the PID.
+start() {
+  local name=$1; shift
+  setsid "$@" >"${KT_LOGS}/${name}.log" 2>&1 </dev/null &
+  echo $! >"${KT_RUN}/${name}.pid"
+}
+
+# wait_for WHAT SECONDS CMD...: poll until CMD succeeds.
+wait_for() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out waiting for ${what}; logs in ${KT_LOGS}"
+      tail -n 20 "${KT_LOGS}"/*.log >&2 || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
+
+# --- network: a bridge with no uplink -----------------------------------------
+if ! ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
+  ip link add "${KT_BRIDGE}" type bridge
+fi
+ip addr replace "${KT_NODE_IP}/${KT_POD_CIDR#*/}" dev "${KT_BRIDGE}"
+ip link set "${KT_BRIDGE}" up
+# Pod-to-service traffic is DNATed on the bridge and routed back into it, so
+# the node forwards; br_netfilter lets kube-proxy's rules see bridged packets.
+sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+# Nothing is forwarded between the bridge and any other interface: pods reach
+# the node and each other, never the outside.
+iptables -N KUBETRAIN-ISOLATE 2>/dev/null || iptables -F KUBETRAIN-ISOLATE
+iptables -A KUBETRAIN-ISOLATE -i "${KT_BRIDGE}" ! -o "${KT_BRIDGE}" -j DROP
+iptables -A KUBETRAIN-ISOLATE ! -i "${KT_BRIDGE}" -o "${KT_BRIDGE}" -j DROP
+iptables -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null || iptables -I FORWARD 1 -j KUBETRAIN-ISOLATE
+
+cat >"${KT_STATE}/cni/net.d/10-kubetrain.conflist" <<CNI
+{
+  "cniVersion": "0.4.0",
+  "name": "kubetrain",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "${KT_BRIDGE}",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "${KT_STATE}/cni/ipam",
+        "ranges": [[{"subnet": "${KT_POD_CIDR}", "gateway": "${KT_NODE_IP}"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+CNI
+
+# --- containerd -----------------------------------------------------------------
+cat >"${cfg}/containerd.toml" <<TOML
+version = 2
+root = "${KT_STATE}/containerd"
+state = "${KT_RUN}/containerd"
+[grpc]
+  address = "${KT_CONTAINERD_SOCK}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "${KT_PAUSE_IMAGE}"
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "${KT_STATE}/cni/net.d"
+TOML
+# A pull would be the only way for the node to reach out: send any attempt to
+# a closed local port so it fails at once and goes nowhere.
+start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+  containerd --config "${cfg}/containerd.toml"
+wait_for containerd 30 ctr --address "${KT_CONTAINERD_SOCK}" version
+"${KT_ROOT}/hack/images/system-images.sh"
+
+# --- control plane --------------------------------------------------------------
+start etcd etcd --name kubetrain-dev --data-dir "${KT_STATE}/etcd" \
+  --listen-client-urls https://127.0.0.1:2379 --advertise-client-urls https://127.0.0.1:2379 \
+  --listen-peer-urls https://127.0.0.1:2380 --initial-advertise-peer-urls https://127.0.0.1:2380 \
+  --initial-cluster kubetrain-dev=https://127.0.0.1:2380 \
+  --cert-file "${pki}/etcd.crt" --key-file "${pki}/etcd.key" --trusted-ca-file "${pki}/ca.crt" --client-cert-auth \
+  --peer-cert-file "${pki}/etcd.crt" --peer-key-file "${pki}/etcd.key" --peer-trusted-ca-file "${pki}/ca.crt" --peer-client-cert-auth \
+  --listen-metrics-urls http://127.0.0.1:2381 --unsafe-no-fsync --log-level warn
+wait_for etcd 30 curl -fsS --cacert "${pki}/ca.crt" --cert "${pki}/apiserver-etcd-client.crt" \
+  --key "${pki}/apiserver-etcd-client.key" https://127.0.0.1:2379/health
+
+start kube-apiserver kube-apiserver \
+  --bind-address "${KT_NODE_IP}" --advertise-address "${KT_NODE_IP}" --secure-port "${KT_API_PORT}" \
+  --etcd-servers https://127.0.0.1:2379 --etcd-cafile "${pki}/ca.crt" \
+  --etcd-certfile "${pki}/apiserver-etcd-client.crt" --etcd-keyfile "${pki}/apiserver-etcd-client.key" \
+  --tls-cert-file "${pki}/apiserver.crt" --tls-private-key-file "${pki}/apiserver.key" \
+  --client-ca-file "${pki}/ca.crt" \
+  --kubelet-client-certificate "${pki}/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "${pki}/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority "${pki}/ca.crt" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "${pki}/sa.pub" --service-account-signing-key-file "${pki}/sa.key" \
+  --service-cluster-ip-range "${KT_SERVICE_CIDR}" \
+  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+  --allow-privileged --profiling=false
+export KUBECONFIG="${KUBECONFIG_OUT}"
+wait_for kube-apiserver 90 kubectl get --raw /readyz
+
+# Controllers run with their own identities; the admin kubeconfig is for us.
+start kube-controller-manager kube-controller-manager \
+  --kubeconfig "${pki}/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "${pki}/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "${pki}/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
+  --root-ca-file "${pki}/ca.crt" --service-account-private-key-file "${pki}/sa.key" \
+  --cluster-signing-cert-file "${pki}/ca.crt" --cluster-signing-key-file "${pki}/ca.key" \
+  --service-cluster-ip-range "${KT_SERVICE_CIDR}" --profiling=false
+start kube-scheduler kube-scheduler \
+  --kubeconfig "${pki}/scheduler.kubeconfig" \
+  --authentication-kubeconfig "${pki}/scheduler.kubeconfig" \
+  --authorization-kubeconfig "${pki}/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --leader-elect=false --profiling=false
+
+sed -e "s#@STATE@#${KT_STATE}#g" -e "s#@BUSYBOX_IMAGE@#${KT_BUSYBOX_IMAGE}#g" \
+  "${KT_CLUSTER_SRC}/manifests/addons.yaml" | kubectl apply -f - >/dev/null
+
+# --- node -----------------------------------------------------------------------
+# Pods get cluster DNS only, never the host's resolvers.
+: >"${cfg}/resolv.conf"
+cat >"${cfg}/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: ${KT_NODE_IP}
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: ${pki}/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: ${pki}/kubelet.crt
+tlsPrivateKeyFile: ${pki}/kubelet.key
+containerRuntimeEndpoint: unix://${KT_CONTAINERD_SOCK}
+cgroupDriver: cgroupfs
+failCgroupV1: false
+clusterDNS: [${KT_DNS_IP}]
+clusterDomain: cluster.local
+resolvConf: ${cfg}/resolv.conf
+podCIDR: ${KT_POD_CIDR}
+failSwapOn: false
+# Images are imported, never pulled: never collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+serializeImagePulls: false
+syncFrequency: 10s
+fileCheckFrequency: 10s
+YAML
+start kubelet kubelet --config "${cfg}/kubelet.yaml" --kubeconfig "${pki}/kubelet.kubeconfig" \
+  --root-dir "${KT_STATE}/kubelet" --hostname-override "${KT_NODE_NAME}" --node-ip "${KT_NODE_IP}"
+
+cat >"${cfg}/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: ${pki}/kube-proxy.kubeconfig}
+hostnameOverride: ${KT_NODE_NAME}
+mode: iptables
+clusterCIDR: ${KT_POD_CIDR}
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: [${KT_POD_CIDR}]
+# Leave the host's conntrack sysctls alone.
+conntrack: {maxPerCore: 0}
+iptables: {localhostNodePorts: false}
+YAML
+start kube-proxy kube-proxy --config "${cfg}/kube-proxy.yaml"
+
+cat >"${cfg}/Corefile" <<COREFILE
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind ${KT_DNS_IP}
+    errors
+    health 127.0.0.1:8080
+    ready 127.0.0.1:8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig ${pki}/coredns.kubeconfig
+        pods insecure
+        ttl 5
+    }
+    cache 5
+}
+COREFILE
+start coredns coredns -conf "${cfg}/Corefile"
+
+start local-path-provisioner local-path-provisioner \
+  start --kubeconfig "${pki}/local-path-provisioner.kubeconfig" --helper-image "${KT_BUSYBOX_IMAGE}"
+
+wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/${KT_NODE_NAME}" --timeout=5s
+wait_for "default service account" 60 kubectl get serviceaccount default
+wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:8181/ready
+log "cluster up: kubectl from ${KT_BIN}"
+echo "export KUBECONFIG=${KUBECONFIG_OUT}"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make images`: builds localhost/kubetrain-operator:dev and
+# localhost/kubetrain-trainer:dev with podman from the repo's Dockerfiles, on a
+# Debian bookworm base made here with debootstrap (no registry needed), and
+# imports them into the cluster's containerd if it is running.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
+
+BASE_IMAGE="localhost/kubetrain-base:bookworm"
+"${KT_CLUSTER_SRC}/deps.sh"
+
+# --- base image: debootstrap, cached as a tarball ---------------------------------
+base_tar="${KT_CACHE}/images/base-bookworm.tar"
+if ! podman image exists "${BASE_IMAGE}"; then
+  if [[ ! -f ${base_tar} ]]; then
+    # The same Debian mirror apt uses on this machine.
+    mirror="$(grep -hoE '^URIs: *\S+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')"
+    mirror="${mirror:-$(grep -hoE '^deb +\S+/debian/? ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}')}"
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    log "debootstrap bookworm from ${mirror} (cold: a few minutes)"
+    rootfs="$(mktemp -d)"
+    trap 'rm -rf "${rootfs}"' EXIT
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+      bookworm "${rootfs}" "${mirror}" >"${KT_CACHE}/debootstrap.log" 2>&1 ||
+      die "debootstrap failed, see ${KT_CACHE}/debootstrap.log"
+    rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/*
+    mkdir -p "$(dirname "${base_tar}")"
+    tar -C "${rootfs}" --numeric-owner -cf "${base_tar}.tmp" .
+    mv "${base_tar}.tmp" "${base_tar}"
+    rm -rf "${rootfs}"
+    trap - EXIT
+  fi
+  podman import --quiet --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
+    "${base_tar}" "${BASE_IMAGE}" >/dev/null
+fi
+
+# --- project images ---------------------------------------------------------------
+# A context of just what the Dockerfiles copy keeps virtualenvs and data out.
+ctx="$(mktemp -d)"
+trap 'rm -rf "${ctx}"' EXIT
+cp -r "${KT_ROOT}/pyproject.toml" "${KT_ROOT}/trainer" "${KT_ROOT}/operator" "${ctx}/"
+[[ -f ${KT_ROOT}/README.md ]] && cp "${KT_ROOT}/README.md" "${ctx}/"
+find "${ctx}" -name __pycache__ -prune -exec rm -rf {} +
+
+for name in operator trainer; do
+  image="localhost/kubetrain-${name}:dev"
+  log "building ${image}"
+  podman build --quiet --pull=never --build-arg "BASE=${BASE_IMAGE}" \
+    -f "${KT_ROOT}/Dockerfile.${name}" -t "${image}" "${ctx}" >/dev/null
+done
+
+# --- into the cluster -------------------------------------------------------------
+if [[ -S ${KT_CONTAINERD_SOCK} ]]; then
+  kt_import localhost/kubetrain-operator:dev
+  kt_import localhost/kubetrain-trainer:dev
+else
+  log "cluster not running: make cluster imports the images when it starts"
+fi

@@ -1,0 +1,72 @@
+"""`make cluster-down` stops everything the local cluster started.
+
+It then starts the cluster again, so the rest of the session still has one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubecluster import REPO, Cluster, Kubectl, start_local_cluster
+
+pytestmark = pytest.mark.cluster
+
+STATE = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain"))
+CACHE = Path(os.environ.get("KUBETRAIN_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetrain")
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped running
+
+
+def cluster_processes() -> dict[int, str]:
+    """Every live process that belongs to the local cluster, found from /proc."""
+    found: dict[int, str] = {}
+    sock = str(STATE / "run" / "containerd")
+    bins = str(CACHE / "bin")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not alive(int(proc.name)):
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            exe = os.readlink(proc / "exe")
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if exe.startswith(bins) or sock in cmdline or "/kubepods" in cgroups:
+            found[int(proc.name)] = cmdline.strip()[:120]
+    return found
+
+
+def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl) -> None:
+    if not kube_cluster.local:
+        pytest.skip("only the local cluster is stopped by make cluster-down")
+    # A running pod, so there are containers and shims to clean up too.
+    kubectl("run", "bystander", "-n", "default", "--image=localhost/kubetrain-busybox:1",
+            "--image-pull-policy=Never", "--restart=Never", "--command", "--", "sleep", "3600")
+    kubectl("wait", "-n", "default", "--for=condition=Ready", "pod/bystander", "--timeout=120s")
+
+    before = cluster_processes()
+    recorded = {int(p.read_text()) for p in (STATE / "run").glob("*.pid")}
+    assert recorded <= set(before), "a recorded component is not running"
+    assert any("containerd-shim" in c for c in before.values()), before
+    try:
+        down = subprocess.run(["make", "-f", "hack/cluster/cluster.mk", "cluster-down"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        assert down.returncode == 0, down.stderr
+        assert not [pid for pid in before if alive(pid)], "processes survived cluster-down"
+        assert cluster_processes() == {}
+        assert not list(Path("/sys/fs/cgroup").glob("*/kubepods")), "kubepods cgroups remain"
+        assert subprocess.run(["ip", "link", "show", "kt0"], capture_output=True).returncode != 0
+    finally:
+        # Bring it back for the rest of the session; the kubeconfig stays valid.
+        assert start_local_cluster() == kube_cluster.kubeconfig

@@ -1,0 +1,193 @@
+"""pytest plugin: a Kubernetes cluster for the tests that need one.
+
+Load it with ``pytest_plugins = ["kubecluster"]``. The session fixture
+``kubeconfig`` uses the cluster that ``KUBECONFIG`` names when it is set, so the
+same tests run against kind, k3s or a cloud cluster. Otherwise it starts the
+project's local cluster (hack/cluster), or reuses one that is already running,
+and stops at the end of the session what it started itself.
+
+Tests that need a cluster carry the ``cluster`` marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_DIR = REPO / "hack" / "cluster"
+# Starting from cold builds Kubernetes from source; a warm start takes seconds.
+START_TIMEOUT = float(os.environ.get("KUBETRAIN_CLUSTER_START_TIMEOUT", 3600))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "cluster: needs a Kubernetes cluster (the local one is started if KUBECONFIG is unset)",
+    )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the session's cluster is and who owns it."""
+
+    kubeconfig: str
+    local: bool  # the project's own hack/cluster, whose scripts we may run
+    started_here: bool
+
+
+def _run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLUSTER_DIR / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_local_cluster() -> str:
+    """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed."""
+    proc = _run_script("up.sh", timeout=START_TIMEOUT)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("export KUBECONFIG="):
+        pytest.fail(
+            f"hack/cluster/up.sh failed (exit {proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+            pytrace=False,
+        )
+    return lines[-1].removeprefix("export KUBECONFIG=")
+
+
+def stop_local_cluster() -> None:
+    proc = _run_script("down.sh", timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hack/cluster/down.sh failed:\n{proc.stderr[-3000:]}")
+
+
+def local_cluster_running() -> bool:
+    return _run_script("status.sh", "--quiet", timeout=60).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[Cluster]:
+    """The session's cluster; see the module docstring."""
+    named = os.environ.get("KUBECONFIG")
+    if named:
+        yield Cluster(kubeconfig=named, local=False, started_here=False)
+        return
+    if platform.system() != "Linux" or os.geteuid() != 0:
+        pytest.skip("the local cluster needs Linux and root; set KUBECONFIG to use another cluster")
+    running = local_cluster_running()
+    path = start_local_cluster()
+    cluster = Cluster(kubeconfig=path, local=True, started_here=not running)
+    os.environ["KUBECONFIG"] = path
+    try:
+        yield cluster
+    finally:
+        os.environ.pop("KUBECONFIG", None)
+        if cluster.started_here:
+            stop_local_cluster()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_cluster: Cluster) -> str:
+    """Path of a kubeconfig with cluster-admin rights on the session's cluster."""
+    return kube_cluster.kubeconfig
+
+
+def kubectl_binary() -> str:
+    """kubectl from PATH, else the one the local cluster built."""
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    built = Path(os.environ.get("KUBETRAIN_CACHE", cache / "kubetrain")) / "bin/current/kubectl"
+    if built.exists():
+        return str(built)
+    pytest.fail("kubectl not found on PATH and the local cluster has not built one")
+
+
+class Kubectl:
+    """Runs kubectl against one kubeconfig."""
+
+    def __init__(self, kubeconfig: str, namespace: str | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.binary = kubectl_binary()
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary, "--kubeconfig", self.kubeconfig]
+        if self.namespace:
+            cmd += ["--namespace", self.namespace]
+        proc = subprocess.run(
+            [*cmd, *args], input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def apply(self, *documents: dict) -> None:
+        self("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                     "items": list(documents)}))
+
+    def wait_for(self, what: str, predicate, timeout: float = 120, interval: float = 1) -> dict:
+        """Polls `kubectl get WHAT -o json` until predicate(obj) is truthy."""
+        deadline = time.monotonic() + timeout
+        obj: dict = {}
+        while time.monotonic() < deadline:
+            proc = self("get", *what.split(), "-o", "json", check=False)
+            if proc.returncode == 0:
+                obj = json.loads(proc.stdout)
+                if predicate(obj):
+                    return obj
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen:\n"
+                             f"{json.dumps(obj.get('status', obj), indent=1)[:3000]}")
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: str) -> Kubectl:
+    """kubectl on the session's cluster, cluster-wide."""
+    return Kubectl(kubeconfig)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[Kubectl]:
+    """A fresh namespace for one test, deleted afterwards; kubectl bound to it."""
+    name = f"kt-test-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    # Pods need the namespace's default service account before they can be created.
+    kubectl.wait_for(f"serviceaccount default -n {name}", lambda _: True, timeout=60)
+    try:
+        yield Kubectl(kubectl.kubeconfig, name)
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def mint_kubeconfig(cluster: Cluster, user: str, *groups: str) -> str:
+    """Returns a kubeconfig (YAML text) for USER in GROUPS; the local cluster only."""
+    if not cluster.local:
+        pytest.skip("minting client certificates needs the local cluster's CA")
+    proc = subprocess.run(
+        [str(CLUSTER_DIR / "kubeconfig.sh"), user, *groups],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    return proc.stdout
