@@ -1,0 +1,3 @@
+from kubetrain.operator.handlers import main
+
+main()

@@ -1,0 +1,322 @@
+"""kopf handlers: observe, call the pure planners, carry out their actions.
+
+    kopf run -m kubetrain.operator.handlers --all-namespaces
+
+One timer per TrainingJob reconciles it level-triggered from its status and an in-memory
+index of worker pods (one cluster-wide watch, no per-job list requests). All state lives in
+`status`, so an operator restarted mid-job picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubetrain.operator import promotion, reconcile
+from kubetrain.operator.kube import (
+    ApiError,
+    Kube,
+    deployments_path,
+    pods_path,
+    pvc_path,
+    services_path,
+    trainingjob_path,
+)
+from kubetrain.operator.manifests import (
+    LABEL_JOB,
+    LABEL_ROLE,
+    WORKER_CONTAINER,
+    WorkerOptions,
+    headless_service,
+    pod_name,
+    summarize_pod,
+    worker_pod,
+)
+from kubetrain.operator.settings import SETTINGS
+from kubetrain.operator.status import (
+    ConditionType,
+    Phase,
+    epoch_records,
+    now_iso,
+    parse_result,
+    parse_time,
+    progress_update,
+    result_update,
+    set_condition,
+)
+from kubetrain.trainer.spec import API_GROUP, API_VERSION, SpecError, TrainingJob, parse_job
+
+PLURAL = "trainingjobs"
+
+_kube: Kube | None = None
+_kube_lock = threading.Lock()
+
+
+def kube() -> Kube:
+    global _kube
+    with _kube_lock:
+        if _kube is None:
+            _kube = Kube()
+        return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Keep kopf's bookkeeping in annotations: the status schema is structural, and pruned.
+    settings.persistence.finalizer = f"{API_GROUP}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Watches end and restart on the server's side before any proxy can silently drop them.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.execution.max_workers = SETTINGS.threads
+    settings.posting.level = logging.INFO
+    kube()
+
+
+@kopf.index("pods", labels={LABEL_ROLE: "worker", LABEL_JOB: kopf.PRESENT})
+def worker_pods(
+    body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, labels[LABEL_JOB]): summarize_pod(dict(body))}
+
+
+def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
+    """Authoritative pods of a job, for when the index may lag behind the API server."""
+    selector = f"{LABEL_JOB}={name},{LABEL_ROLE}=worker"
+    items = kube().request("GET", pods_path(namespace), query={"labelSelector": selector})
+    return [summarize_pod(item) for item in items["items"]]
+
+
+def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
+    """What the schema cannot check: the volumes the pods need must exist."""
+    for field, claim in (("spec.storage.claimName", job.spec.storage.claim_name),
+                         ("spec.storage.dataClaimName", job.spec.storage.data_claim_name)):
+        if claim and kube().get(pvc_path(namespace, claim)) is None:
+            return reconcile.Problem(
+                "ClaimNotFound",
+                f"{field}: PersistentVolumeClaim {claim!r} does not exist in {namespace}; "
+                "waiting for it",
+                permanent=False,
+            )
+    return None
+
+
+def _create_workers(
+    body: dict[str, Any], job: TrainingJob, indexes: list[int], attempt: int
+) -> reconcile.Problem | None:
+    namespace = body["metadata"]["namespace"]
+    k = kube()
+    try:
+        k.create(services_path(namespace), headless_service(body))
+        for index in indexes:
+            pod = worker_pod(body, job, index, attempt, WorkerOptions(SETTINGS.worker_command))
+            k.create(pods_path(namespace), pod)
+    except ApiError as err:
+        if err.status in (400, 422):  # the API server refuses the pod: no retry can help
+            return reconcile.Problem("PodRejected", err.message, permanent=True)
+        raise kopf.TemporaryError(f"creating worker pods: {err}", delay=5) from err
+    return None
+
+
+def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) -> dict[str, Any]:
+    try:
+        text = kube().request(
+            "GET", pods_path(namespace, pod_name(name, 0)) + "/log",
+            query={"container": WORKER_CONTAINER, "tailLines": SETTINGS.log_tail_lines},
+            raw=True,
+        )
+    except ApiError:
+        return {}  # the log is not there yet (container starting); next tick
+    return progress_update(status, epoch_records(text), metric)
+
+
+def _decided(
+    status: dict[str, Any], promoted: bool, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "phase": Phase.PROMOTED if promoted else Phase.SUCCEEDED,
+        "conditions": set_condition(status.get("conditions") or [], ConditionType.PROMOTED,
+                                    promoted, reason, message, now_iso(now)),
+    }
+
+
+def _promote(
+    body: dict[str, Any], job: TrainingJob, status: dict[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Start or follow the rollout of the job's model; (status update, events)."""
+    spec = job.spec
+    namespace = body["metadata"]["namespace"]
+    name = spec.serving_deployment
+    path = deployments_path(namespace, name)
+    k = kube()
+    dep = k.get(path)
+    annotations = (dep or {}).get("metadata", {}).get("annotations") or {}
+
+    if status.get("phase") == Phase.SUCCEEDED:
+        model = status.get("model")
+        if not model:
+            msg = "the chief's result names no exported model"
+            return _decided(status, False, "NoModel", msg, now), [("Warning", "NoModel", msg)]
+        if dep is not None and (dep["metadata"].get("labels") or {}).get(
+            "app.kubernetes.io/managed-by"
+        ) != "kubetrain-operator":
+            msg = f"Deployment {name} exists and is not managed by kubetrain; not touching it"
+            return (_decided(status, False, "DeploymentNotManaged", msg, now),
+                    [("Warning", "DeploymentNotManaged", msg)])
+        best = status.get("bestCheckpoint") or {}
+        metric = best.get("metric") or spec.training.metric
+        value = best.get("value")
+        version = int(model["version"])
+        uid = body["metadata"]["uid"]
+        previous = promotion.served_version(dep) if dep else None
+        if dep is not None and annotations.get(promotion.ANN_JOB) == uid and previous == version:
+            # Patched on an earlier tick whose status update was lost.
+            prev_raw = annotations.get(promotion.ANN_PREVIOUS_VERSION)
+            previous = int(prev_raw) if prev_raw else None
+        else:
+            verdict = promotion.gate(metric, value, annotations, spec.promotion.min_improvement)
+            if not verdict.promote:
+                return (_decided(status, False, verdict.reason, verdict.message, now),
+                        [("Normal", "NotPromoted", verdict.message)])
+            new = promotion.served_annotations(version, metric, value, uid,
+                                               annotations if dep else None)
+            if dep is None:
+                k.create(services_path(namespace), promotion.service(spec, namespace))
+                k.create(deployments_path(namespace), promotion.deployment(
+                    spec, namespace, version, new, SETTINGS.serving_command))
+            else:
+                k.strategic_patch(path, promotion.version_patch(version, new))
+        serving = {"deployment": name, "version": version, "previousVersion": previous,
+                   "metric": metric, "value": value}
+        msg = (f"rolling {name} out to {model['name']} version {version}"
+               + (f" (serving version {previous})" if previous is not None else ""))
+        return ({"phase": Phase.PROMOTING, "promotionStartTime": now_iso(now),
+                 "serving": serving}, [("Normal", "Promoting", msg)])
+
+    # Promoting: follow the rollout.
+    serving = dict(status.get("serving") or {})
+    version, previous = serving.get("version"), serving.get("previousVersion")
+    if dep is None:
+        msg = f"Deployment {name} was deleted during the rollout"
+        return (_decided(status, False, "DeploymentDeleted", msg, now),
+                [("Warning", "DeploymentDeleted", msg)])
+    if promotion.served_version(dep) != version:
+        msg = f"{name} no longer pins version {version}; another rollout replaced it"
+        return _decided(status, False, "Superseded", msg, now), [("Warning", "Superseded", msg)]
+    state, detail = promotion.rollout_state(
+        dep, parse_time(status.get("promotionStartTime")), now,
+        spec.promotion.progress_deadline_seconds,
+    )
+    if state == "Progressing":
+        return {}, []
+    if state == "Complete":
+        serving["promotedAt"] = now_iso(now)
+        msg = f"{name} serves version {version}" + (
+            f" (was {previous})" if previous is not None else "")
+        update = _decided(status, True, "RolledOut", msg, now)
+        update.update({"serving": serving, "served": f"{name}:{version}"})
+        return update, [("Normal", "Promoted", msg)]
+    if previous is not None:
+        restored = {
+            promotion.ANN_VERSION: annotations.get(promotion.ANN_PREVIOUS_VERSION),
+            promotion.ANN_METRIC: annotations.get(promotion.ANN_PREVIOUS_METRIC),
+            promotion.ANN_VALUE: annotations.get(promotion.ANN_PREVIOUS_VALUE),
+            promotion.ANN_JOB: None,
+            promotion.ANN_PREVIOUS_VERSION: None,
+            promotion.ANN_PREVIOUS_METRIC: None,
+            promotion.ANN_PREVIOUS_VALUE: None,
+        }
+        k.strategic_patch(path, promotion.version_patch(previous, restored))
+        msg = f"{detail}; {name} rolled back to version {previous}"
+    else:  # it never served anything else: remove it rather than leave it broken
+        k.delete(path)
+        k.delete(services_path(namespace, name))
+        msg = f"{detail}; {name} removed (it had no earlier version)"
+    return _decided(status, False, "RolloutFailed", msg, now), [("Warning", "RolloutFailed", msg)]
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=SETTINGS.interval)
+def reconcile_job(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    patch: kopf.Patch,
+    worker_pods: kopf.Index,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Level-triggered: every tick re-derives the next step from status and pods."""
+    raw = dict(body)
+    status = dict(body.status)
+    now = datetime.now(UTC)
+    try:
+        job = parse_job({"apiVersion": raw["apiVersion"], "kind": raw["kind"],
+                         "metadata": {"name": name, "namespace": namespace},
+                         "spec": dict(body.spec)})
+    except SpecError as err:
+        update = reconcile.reject(status, "InvalidSpec", str(err), now)
+        if update.events:
+            for type_, reason, message in update.events:
+                kopf.event(body, type=type_, reason=reason, message=message)
+        patch.status.update(update.status)
+        return
+
+    restarts = int(status.get("restarts") or 0)
+    pods = list(worker_pods.get((namespace, name), []))
+    if status.get("launchedAttempt") == restarts and not reconcile.is_finished(job.spec, status):
+        seen = {p["index"] for p in pods if p["attempt"] == restarts}
+        if len(seen) < job.spec.workers.replicas:
+            pods = _list_pods(namespace, name)
+    problem = None
+    if status.get("phase") in (None, Phase.PENDING) and status.get("launchedAttempt") is None:
+        problem = _problem(job, namespace)
+    generation = raw["metadata"].get("generation")
+    plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
+
+    if plan.create:
+        problem = _create_workers(raw, job, plan.create, int(plan.status.get("restarts", restarts)))
+        if problem is not None:
+            plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
+    for pod, grace in plan.delete:
+        kube().delete(pods_path(namespace, pod), grace_seconds=grace)
+    merged = {**status, **plan.status}
+    if plan.read_progress:
+        progress = _progress(namespace, name, merged, job.spec.training.metric)
+        plan.status.update({k: v for k, v in progress.items() if merged.get(k) != v})
+    if plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED:
+        chief = next((p for p in pods if p["index"] == 0 and p["phase"] == "Succeeded"), None)
+        result = parse_result(chief["message"] if chief else None)
+        if result:
+            plan.status.update(result_update(result, job.spec.training.metric))
+        merged = {**status, **plan.status}
+    if plan.promote:
+        update, events = _promote(raw, job, {**status, **plan.status}, now)
+        plan.status.update(update)
+        plan.events.extend(events)
+    if plan.delete_job:
+        logger.info("ttlSecondsAfterFinished passed; deleting the TrainingJob")
+        kube().delete(trainingjob_path(namespace, name))
+    for type_, reason, message in plan.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if plan.status:
+        patch.status.update(plan.status)
+
+
+def main() -> None:
+    """`python -m kubetrain.operator`: run the operator over all namespaces (or $NAMESPACE)."""
+    args = ["run", "--standalone", "-m", __name__]
+    namespace = os.environ.get("WATCH_NAMESPACE")
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    if SETTINGS.liveness_port:
+        args += ["--liveness", f"http://0.0.0.0:{SETTINGS.liveness_port}/healthz"]
+    from kopf import cli
+
+    cli.main(args=args, standalone_mode=True)

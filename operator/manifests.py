@@ -1,0 +1,202 @@
+"""The Kubernetes objects a TrainingJob owns: its headless Service and its worker pods.
+
+Pure functions of the job; the handlers create what these return. Names are deterministic
+(`<job>-worker-<i>`, `<job>-workers`) so that creating twice is a harmless 409, never a
+duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetrain.trainer.spec import TrainingJob, TrainingJobSpec
+
+LABEL_JOB = "kubetrain.io/job"
+LABEL_ROLE = "kubetrain.io/role"
+LABEL_INDEX = "kubetrain.io/worker-index"
+LABEL_ATTEMPT = "kubetrain.io/attempt"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kubetrain-operator"}
+
+WORKER_PORT = 2222
+WORKER_CONTAINER = "worker"
+DATA_MOUNT = "/data"
+# TensorFlow catches SIGTERM and trains on, so a short grace period is all SIGTERM buys.
+WORKER_GRACE_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Operator-wide choices about worker pods (not per job)."""
+
+    command: list[str] = field(default_factory=lambda: ["kubetrain", "worker"])
+    """Entrypoint before `--workdir/--model-root`; another image may need another one."""
+
+
+def service_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def pod_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def worker_address(job: str, namespace: str, index: int) -> str:
+    """The stable DNS name a worker is reached at: hostname + subdomain of a headless Service."""
+    return f"{pod_name(job, index)}.{service_name(job)}.{namespace}.svc:{WORKER_PORT}"
+
+
+def tf_config(job: str, namespace: str, replicas: int, index: int) -> str:
+    cluster = {"worker": [worker_address(job, namespace, i) for i in range(replicas)]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    """Children are garbage-collected with their job; no finalizer needed for them."""
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_labels(job: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "kubetrain", LABEL_JOB: job, **MANAGED_BY}
+
+
+def job_document(job: TrainingJob) -> str:
+    """The job as the worker reads it from `KUBETRAIN_JOB`: name, namespace and full spec."""
+    doc = job.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+    doc["metadata"] = {
+        k: v for k, v in (("name", job.metadata.name), ("namespace", job.metadata.namespace)) if v
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def storage_paths(spec: TrainingJobSpec, job: str) -> tuple[str, str]:
+    """(workdir, model root) on the storage volume."""
+    root = spec.storage.mount_path.rstrip("/")
+    return f"{root}/jobs/{job}", f"{root}/models"
+
+
+def headless_service(body: dict[str, Any]) -> dict[str, Any]:
+    job = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(job),
+            "namespace": body["metadata"]["namespace"],
+            "labels": job_labels(job),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            # Workers look each other up before any of them is ready.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job, LABEL_ROLE: "worker"},
+            "ports": [{"name": "tf", "port": WORKER_PORT, "targetPort": WORKER_PORT}],
+        },
+    }
+
+
+def worker_pod(
+    body: dict[str, Any],
+    job: TrainingJob,
+    index: int,
+    attempt: int,
+    options: WorkerOptions = WorkerOptions(),
+) -> dict[str, Any]:
+    spec = job.spec
+    name = job.metadata.name
+    namespace = body["metadata"]["namespace"]
+    workdir, model_root = storage_paths(spec, name)
+    if spec.storage.claim_name:
+        storage = {"persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
+    else:  # a quick trial: checkpoints do not outlive the pods
+        storage = {"emptyDir": {}}
+    volumes = [{"name": "storage", **storage}]
+    mounts = [{"name": "storage", "mountPath": spec.storage.mount_path}]
+    if spec.storage.data_claim_name:
+        volumes.append({"name": "data", "persistentVolumeClaim": {
+            "claimName": spec.storage.data_claim_name, "readOnly": True}})
+        mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
+    resources = {k: v for k, v in spec.workers.resources.model_dump().items() if v}
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": spec.workers.image,
+        "imagePullPolicy": spec.workers.image_pull_policy,
+        "command": [*options.command, "--workdir", workdir, "--model-root", model_root],
+        "env": [
+            {"name": "TF_CONFIG",
+             "value": tf_config(name, namespace, spec.workers.replicas, index)},
+            {"name": "KUBETRAIN_JOB", "value": job_document(job)},
+            {"name": "KUBETRAIN_ATTEMPT", "value": str(attempt)},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
+        "resources": resources,
+        "volumeMounts": mounts,
+        # A worker that dies without writing its message still leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "hostname": pod_name(name, index),
+        "subdomain": service_name(name),
+        "restartPolicy": "Never",  # the operator restarts all workers together
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": WORKER_GRACE_SECONDS,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.workers.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.workers.node_selector)
+    if spec.workers.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.workers.tolerations]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, index),
+            "namespace": namespace,
+            "labels": {
+                **job_labels(name),
+                LABEL_ROLE: "worker",
+                LABEL_INDEX: str(index),
+                LABEL_ATTEMPT: str(attempt),
+                "app.kubernetes.io/component": "worker",
+            },
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
+    """What the reconciler needs to know about a worker pod, small enough to index."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels", {})
+    status = body.get("status") or {}
+    exit_code = message = reason = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == WORKER_CONTAINER:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated:
+                exit_code = terminated.get("exitCode")
+                message = terminated.get("message")
+                reason = terminated.get("reason")
+    return {
+        "name": meta.get("name"),
+        "index": int(labels.get(LABEL_INDEX, -1)),
+        "attempt": int(labels.get(LABEL_ATTEMPT, 0)),
+        "phase": status.get("phase", "Pending"),
+        "exitCode": exit_code,
+        "message": (message or status.get("message") or "").strip(),
+        "reason": reason or status.get("reason"),
+        "deletionTimestamp": meta.get("deletionTimestamp"),
+    }

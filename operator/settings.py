@@ -1,0 +1,38 @@
+"""Operator-wide settings, read once from the environment (the Deployment sets them)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+
+def _command(variable: str, default: list[str] | None) -> list[str] | None:
+    """A command given as a JSON list, e.g. KUBETRAIN_WORKER_COMMAND='["kubetrain","worker"]'."""
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    value = json.loads(raw)
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"{variable} must be a non-empty JSON list of strings")
+    return value
+
+
+@dataclass
+class Settings:
+    interval: float = field(
+        default_factory=lambda: float(os.environ.get("KUBETRAIN_RECONCILE_INTERVAL", "2")))
+    """Seconds between two reconciles of one job (progress and rollout polling too)."""
+    threads: int = field(default_factory=lambda: int(os.environ.get("KUBETRAIN_THREADS", "16")))
+    log_tail_lines: int = 200
+    worker_command: list[str] = field(
+        default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", ["kubetrain", "worker"]))
+    """Worker entrypoint before `--workdir DIR --model-root DIR`."""
+    serving_command: list[str] = field(
+        default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", ["kubetrain", "serve"]))
+    """Model server entrypoint before `--model-dir DIR --port 8501`."""
+    liveness_port: int | None = field(
+        default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None)
+
+
+SETTINGS = Settings()

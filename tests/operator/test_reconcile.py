@@ -1,0 +1,222 @@
+"""The reconciler's decisions, from status and worker pods to actions and a new status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from kubetrain.operator.reconcile import Plan, Problem, plan
+from kubetrain.operator.status import get_condition, now_iso
+from trainingjobs import body, job, pod
+
+T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def run(status: dict, pods: list[dict], now: datetime = T0, problem: Problem | None = None,
+        **spec_overrides) -> tuple[Plan, dict]:
+    """One reconcile; returns the plan and the status after its patch is applied."""
+    p = plan(job(body(**spec_overrides)).spec, "mnist", status, pods, now, problem)
+    return p, {**status, **p.status}
+
+
+def started(**spec_overrides) -> dict:
+    """Status after the first reconcile of a fresh job."""
+    return run({}, [], **spec_overrides)[1]
+
+
+def running(**spec_overrides) -> dict:
+    status = started(**spec_overrides)
+    return run(status, [pod(0), pod(1)], **spec_overrides)[1]
+
+
+def test_a_new_job_creates_every_worker_and_is_pending():
+    p, status = run({}, [])
+    assert p.create == [0, 1]
+    assert status["phase"] == "Pending"
+    assert status["restarts"] == 0
+    assert status["startTime"] == now_iso(T0)
+    assert status["epochProgress"] == "0/3"
+    assert get_condition(status["conditions"], "Valid")["status"] == "True"
+    assert ("Normal", "Started", "Starting 2 worker pod(s)") in p.events
+
+
+def test_reconciling_again_creates_nothing_and_changes_nothing():
+    status = running()
+    p, after = run(status, [pod(0), pod(1)])
+    assert p.create == [] and p.delete == [] and p.events == []
+    assert p.status == {}
+    assert after == status
+
+
+def test_pods_not_yet_seen_are_created_again_which_the_api_turns_into_409():
+    status = started()
+    p, _ = run(status, [pod(0, "Pending")])
+    assert p.create == [1]
+
+
+def test_all_workers_running_means_running_and_progress_is_read():
+    status = started()
+    p, status = run(status, [pod(0), pod(1)])
+    assert status["phase"] == "Running"
+    assert status["launchedAttempt"] == 0
+    assert status["workersReady"] == "2/2"
+    assert get_condition(status["conditions"], "Running")["status"] == "True"
+    assert p.read_progress
+    assert ("Normal", "Running", "All 2 worker pod(s) running") in p.events
+
+
+def test_a_killed_worker_restarts_the_whole_job():
+    p, status = run(running(), [pod(0), pod(1, "Failed", exit_code=137, reason="OOMKilled")])
+    assert status["phase"] == "Restarting"
+    assert status["restarts"] == 1
+    assert "mnist-worker-1 exited with code 137 (OOMKilled)" in status["lastFailure"]
+    assert sorted(name for name, _ in p.delete) == ["mnist-worker-0", "mnist-worker-1"]
+    assert p.create == []
+    assert p.events[0][:2] == ("Warning", "Restarting")
+
+
+def test_a_restart_waits_for_the_old_pods_then_creates_the_next_attempt():
+    _, status = run(running(), [pod(0), pod(1, "Failed", exit_code=1)])
+    old = [pod(0, deleting=now_iso(T0)), pod(1, "Failed", exit_code=1)]
+    p, status = run(status, old, T0 + timedelta(seconds=2))
+    assert p.create == []
+    assert p.delete == [("mnist-worker-1", 1)]  # the one not yet being deleted
+    p, status = run(status, [], T0 + timedelta(seconds=4))
+    assert p.create == [0, 1]
+    p, status = run(status, [pod(0, attempt=1), pod(1, attempt=1)], T0 + timedelta(seconds=6))
+    assert status["phase"] == "Running"
+    assert status["launchedAttempt"] == 1
+
+
+def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted():
+    _, status = run(running(), [pod(0), pod(1, "Failed", exit_code=1)])
+    stuck = [pod(0, deleting=now_iso(T0))]
+    p, _ = run(status, stuck, T0 + timedelta(seconds=5))
+    assert p.delete == []
+    p, _ = run(status, stuck, T0 + timedelta(seconds=60))
+    assert p.delete == [("mnist-worker-0", 0)]
+
+
+def test_a_worker_pod_that_disappears_is_a_failure():
+    _, status = run(running(), [pod(0)])
+    assert status["restarts"] == 1
+    assert "mnist-worker-1 disappeared" in status["lastFailure"]
+
+
+def test_a_worker_pod_being_deleted_is_a_failure():
+    _, status = run(running(), [pod(0), pod(1, deleting=now_iso(T0))])
+    assert status["phase"] == "Restarting"
+    assert "mnist-worker-1 was deleted" in status["lastFailure"]
+
+
+def test_backoff_exhausted_fails_the_job_and_stops_survivors():
+    status = {**running(runPolicy={"backoffLimit": 1}), "restarts": 1, "launchedAttempt": 1}
+    p, status = run(status, [pod(0, attempt=1), pod(1, "Failed", 1, exit_code=137)],
+                    runPolicy={"backoffLimit": 1})
+    assert status["phase"] == "Failed"
+    failed = get_condition(status["conditions"], "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "backoffLimit is 1" in failed["message"]
+    assert p.delete == [("mnist-worker-0", 1)]  # cleanPodPolicy Running: the survivor
+
+
+def test_a_permanent_error_fails_at_once_with_the_workers_message():
+    p, status = run(running(), [
+        pod(0, "Failed", exit_code=3, message="data/mnist: train-images: wrong magic number"),
+        pod(1),
+    ])
+    assert status["phase"] == "Failed"
+    assert status["restarts"] == 0
+    failed = get_condition(status["conditions"], "Failed")
+    assert failed["reason"] == "PermanentError"
+    assert failed["message"].endswith("wrong magic number")
+    assert p.create == []
+
+
+def test_the_chief_succeeding_succeeds_the_job_and_starts_promotion():
+    p, status = run(running(), [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert status["phase"] == "Succeeded"
+    assert status["completionTime"] == now_iso(T0)
+    assert get_condition(status["conditions"], "Succeeded")["status"] == "True"
+    assert p.promote
+    assert p.delete == [("mnist-worker-1", 1)]
+
+
+def test_promotion_disabled_means_nothing_to_promote():
+    p, _ = run(running(promotion={"enabled": False}),
+               [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)],
+               promotion={"enabled": False})
+    assert not p.promote
+
+
+def test_clean_pod_policy_decides_which_pods_go():
+    pods = [pod(0, "Succeeded", exit_code=0), pod(1)]
+    for policy, expected in (("All", ["mnist-worker-0", "mnist-worker-1"]),
+                             ("Running", ["mnist-worker-1"]), ("None", [])):
+        p, _ = run(running(runPolicy={"cleanPodPolicy": policy}), pods,
+                   runPolicy={"cleanPodPolicy": policy})
+        assert sorted(n for n, _ in p.delete) == expected, policy
+
+
+def test_a_succeeded_worker_deleted_by_someone_is_not_recreated():
+    _, status = run(running(), [pod(0), pod(1, "Succeeded", exit_code=0)])
+    assert status["workers"]["completedIndexes"] == [1]
+    p, status = run(status, [pod(0)])
+    assert p.create == []
+    assert status["phase"] == "Running"
+    assert status["restarts"] == 0
+
+
+def test_the_active_deadline_fails_the_job_and_kills_running_workers_whatever_the_policy():
+    spec = {"runPolicy": {"activeDeadlineSeconds": 60, "cleanPodPolicy": "None"}}
+    status = running(**spec)
+    p, after = run(status, [pod(0), pod(1)], T0 + timedelta(seconds=59), **spec)
+    assert after["phase"] == "Running"
+    p, after = run(status, [pod(0), pod(1)], T0 + timedelta(seconds=60), **spec)
+    assert after["phase"] == "Failed"
+    assert get_condition(after["conditions"], "Failed")["reason"] == "DeadlineExceeded"
+    assert sorted(n for n, _ in p.delete) == ["mnist-worker-0", "mnist-worker-1"]
+
+
+def test_a_finished_job_is_deleted_once_its_ttl_has_passed():
+    spec = {"runPolicy": {"ttlSecondsAfterFinished": 30}, "promotion": {"enabled": False}}
+    _, status = run(running(**spec), [pod(0, "Succeeded", exit_code=0)], **spec)
+    p, _ = run(status, [], T0 + timedelta(seconds=29), **spec)
+    assert not p.delete_job
+    p, _ = run(status, [], T0 + timedelta(seconds=30), **spec)
+    assert p.delete_job
+
+
+def test_a_job_waiting_for_promotion_is_not_deleted_by_its_ttl():
+    spec = {"runPolicy": {"ttlSecondsAfterFinished": 0}}
+    _, status = run(running(**spec), [pod(0, "Succeeded", exit_code=0)], **spec)
+    p, _ = run(status, [], T0 + timedelta(hours=1), **spec)
+    assert p.promote and not p.delete_job
+
+
+def test_a_missing_claim_keeps_the_job_pending_without_pods():
+    problem = Problem("ClaimNotFound", "spec.storage.claimName: 'models' does not exist", False)
+    p, status = run({}, [], problem=problem)
+    assert p.create == []
+    assert status["phase"] == "Pending"
+    valid = get_condition(status["conditions"], "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "ClaimNotFound")
+    assert p.events == [("Warning", "ClaimNotFound", problem.message)]
+    p, status = run(status, [], T0 + timedelta(seconds=2), problem=problem)
+    assert p.events == []  # reported once, not every tick
+    p, status = run(status, [], T0 + timedelta(seconds=4))
+    assert p.create == [0, 1]
+    assert get_condition(status["conditions"], "Valid")["status"] == "True"
+
+
+def test_a_pod_the_api_server_refuses_fails_the_job_as_invalid():
+    problem = Problem("PodRejected", "spec.containers[0].resources.requests: Invalid", True)
+    _, status = run(started(), [], problem=problem)
+    assert status["phase"] == "Failed"
+    assert get_condition(status["conditions"], "Valid")["reason"] == "PodRejected"
+
+
+def test_conditions_keep_their_transition_time_while_unchanged():
+    status = running()
+    since = get_condition(status["conditions"], "Running")["lastTransitionTime"]
+    _, status = run(status, [pod(0), pod(1)], T0 + timedelta(minutes=5))
+    assert get_condition(status["conditions"], "Running")["lastTransitionTime"] == since
