@@ -1,0 +1,121 @@
+"""Worker pods and their headless Service: what TensorFlow and the trainer need to find."""
+
+from __future__ import annotations
+
+import json
+
+from kubetrain.operator.manifests import (
+    WorkerOptions,
+    headless_service,
+    summarize_pod,
+    worker_pod,
+)
+from kubetrain.trainer.spec import parse_job
+from trainingjobs import body, job
+
+
+def pods(b: dict, attempt: int = 0) -> list[dict]:
+    j = job(b)
+    return [worker_pod(b, j, i, attempt) for i in range(j.spec.workers.replicas)]
+
+
+def env(pod: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_tf_config_names_every_worker_by_its_stable_dns_name_and_its_own_index():
+    b = body(workers={"replicas": 3})
+    service = headless_service(b)
+    for i, pod in enumerate(pods(b)):
+        config = json.loads(env(pod)["TF_CONFIG"])
+        assert config["task"] == {"type": "worker", "index": i}
+        assert config["cluster"]["worker"] == [
+            f"mnist-worker-{n}.mnist-workers.ml.svc:2222" for n in range(3)
+        ]
+        # The DNS name exists because hostname.subdomain matches a headless Service.
+        assert pod["metadata"]["name"] == pod["spec"]["hostname"] == f"mnist-worker-{i}"
+        assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+        assert all(pod["metadata"]["labels"][k] == v
+                   for k, v in service["spec"]["selector"].items())
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_the_worker_reads_back_the_same_job_from_its_environment():
+    b = body()
+    document = json.loads(env(pods(b)[0])["KUBETRAIN_JOB"])
+    assert document["metadata"] == {"name": "mnist", "namespace": "ml"}
+    assert parse_job(document).spec == job(b).spec
+
+
+def test_pods_are_owned_by_the_job_and_restarted_only_by_the_operator():
+    for pod in pods(body(), attempt=2):
+        owner = pod["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("TrainingJob", "mnist", "uid-1234")
+        assert owner["controller"] is True
+        assert pod["spec"]["restartPolicy"] == "Never"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["metadata"]["labels"]["kubetrain.io/attempt"] == "2"
+        assert env(pod)["KUBETRAIN_ATTEMPT"] == "2"
+
+
+def test_the_pod_template_follows_the_spec():
+    b = body(
+        workers={"image": "registry.example/trainer:1", "imagePullPolicy": "Always",
+                 "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
+                 "nodeSelector": {"pool": "cpu"},
+                 "tolerations": [{"key": "train", "operator": "Exists"}]},
+        storage={"claimName": "models", "mountPath": "/ckpt", "dataClaimName": "datasets"},
+    )
+    pod = pods(b)[0]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "registry.example/trainer:1"
+    assert container["imagePullPolicy"] == "Always"
+    assert container["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
+    assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}
+    assert pod["spec"]["tolerations"] == [{"key": "train", "operator": "Exists"}]
+    assert container["command"] == ["kubetrain", "worker", "--workdir", "/ckpt/jobs/mnist",
+                                    "--model-root", "/ckpt/models"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["storage"]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets",
+                                                         "readOnly": True}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["storage"]["mountPath"] == "/ckpt"
+    assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+
+
+def test_without_a_claim_checkpoints_live_in_an_empty_dir():
+    b = body(storage={"claimName": None}, promotion={"enabled": False})
+    b["spec"]["storage"] = {}
+    volumes = pods(b)[0]["spec"]["volumes"]
+    assert volumes == [{"name": "storage", "emptyDir": {}}]
+
+
+def test_another_worker_entrypoint_keeps_the_arguments():
+    b = body()
+    pod = worker_pod(b, job(b), 0, 0, WorkerOptions(["python3", "/app/fake.py"]))
+    assert pod["spec"]["containers"][0]["command"][:3] == ["python3", "/app/fake.py",
+                                                           "--workdir"]
+
+
+def test_summarize_pod_reads_the_workers_exit_and_message():
+    raw = {
+        "metadata": {"name": "mnist-worker-1", "labels": {
+            "kubetrain.io/worker-index": "1", "kubetrain.io/attempt": "2"}},
+        "status": {"phase": "Failed", "containerStatuses": [{
+            "name": "worker",
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                     "message": "killed\n"}}}]},
+    }
+    assert summarize_pod(raw) == {
+        "name": "mnist-worker-1", "index": 1, "attempt": 2, "phase": "Failed",
+        "exitCode": 137, "message": "killed", "reason": "OOMKilled",
+        "deletionTimestamp": None,
+    }
+    evicted = {"metadata": {"name": "x", "labels": {"kubetrain.io/worker-index": "0"}},
+               "status": {"phase": "Failed", "reason": "Evicted",
+                          "message": "The node was low on resource: memory."}}
+    summary = summarize_pod(evicted)
+    assert (summary["exitCode"], summary["reason"]) == (None, "Evicted")
+    assert summary["message"] == "The node was low on resource: memory."

@@ -1,0 +1,80 @@
+"""Progress and results: what the chief prints becomes TrainingJob status."""
+
+from __future__ import annotations
+
+import json
+
+from kubetrain.operator.status import (
+    TrainingJobStatus,
+    epoch_records,
+    parse_result,
+    progress_update,
+    result_update,
+)
+
+
+def record(epoch: int, **metrics: float) -> str:
+    return json.dumps({"type": "epoch", "epoch": epoch, "totalEpochs": 5,
+                       "metrics": metrics, "examplesPerSecond": 1200.5})
+
+
+LOG = "\n".join([
+    "2025-01-01 12:00:00.000 I tensorflow/core/...: collective ops ready",
+    record(1, loss=0.5, accuracy=0.85, val_loss=0.30, val_accuracy=0.91),
+    "{not json",
+    '{"type": "batch", "batch": 10}',
+    record(2, loss=0.3, accuracy=0.92, val_loss=0.25, val_accuracy=0.95),
+    record(3, loss=0.2, accuracy=0.95, val_loss=0.27, val_accuracy=0.94),
+])
+
+
+def test_only_epoch_records_are_read_from_a_mixed_log():
+    assert [r["epoch"] for r in epoch_records(LOG)] == [1, 2, 3]
+
+
+def test_progress_reports_the_latest_epoch_and_the_best_one():
+    update = progress_update({}, epoch_records(LOG), "val_accuracy")
+    assert update["epoch"] == 3
+    assert update["epochProgress"] == "3/5"
+    assert update["metrics"]["val_accuracy"] == 0.94
+    assert update["bestCheckpoint"] == {"epoch": 2, "metric": "val_accuracy", "value": 0.95}
+    assert update["bestMetrics"]["val_loss"] == 0.25
+    assert update["examplesPerSecond"] == 1200.5
+    TrainingJobStatus.model_validate(update)  # fits the CRD's status schema
+
+
+def test_for_a_loss_metric_lower_is_better():
+    update = progress_update({}, epoch_records(LOG), "val_loss")
+    assert update["bestCheckpoint"]["epoch"] == 2
+    log = record(4, val_loss=0.1, val_accuracy=0.5)
+    update = progress_update(update, epoch_records(log), "val_loss")
+    assert update["bestCheckpoint"] == {"epoch": 4, "metric": "val_loss", "value": 0.1}
+
+
+def test_the_best_epoch_survives_reading_only_later_log_lines():
+    first = progress_update({}, epoch_records(LOG), "val_accuracy")
+    later = progress_update(first, epoch_records(record(4, val_accuracy=0.93)), "val_accuracy")
+    assert later["bestCheckpoint"]["epoch"] == 2
+    assert later["epoch"] == 4
+
+
+def test_the_chiefs_result_becomes_best_checkpoint_test_metrics_and_model():
+    message = json.dumps({
+        "status": "Succeeded", "bestEpoch": 2, "metric": "val_accuracy",
+        "validation": {"val_accuracy": 0.95, "val_loss": 0.25},
+        "test": {"test_accuracy": 0.948, "test_loss": 0.26},
+        "model": {"name": "mnist", "version": 7, "path": "/var/lib/kubetrain/models/mnist/7"},
+    })
+    update = result_update(parse_result(message), "val_accuracy")
+    assert update["bestCheckpoint"] == {"epoch": 2, "metric": "val_accuracy", "value": 0.95,
+                                        "path": None}
+    assert update["testMetrics"] == {"test_accuracy": 0.948, "test_loss": 0.26}
+    assert update["model"] == {"name": "mnist", "version": 7,
+                               "path": "/var/lib/kubetrain/models/mnist/7"}
+    TrainingJobStatus.model_validate(update)
+
+
+def test_a_message_that_is_not_a_result_is_none():
+    assert parse_result("Traceback (most recent call last): ...") is None
+    assert parse_result("") is None
+    assert parse_result("[1, 2]") is None
