@@ -57,16 +57,19 @@ class Display:
     def live(self) -> bool:
         return self.stream.isatty()
 
-    def show(self, record: dict[str, Any]) -> None:
+    def show(self, worker: int, record: dict[str, Any]) -> None:
+        """Draw the chief's progress, and any worker's errors."""
         kind = record["type"]
+        if worker != 0 and kind != "error":
+            return
         if kind == "start":
             self.total_epochs = record["totalEpochs"]
-            self._line(
+            self.note(
                 f"training on {record['workers']} worker(s): {record['trainExamples']} examples, "
                 f"{record['stepsPerEpoch']} steps of {record['globalBatch']} per epoch"
             )
         elif kind == "resumed":
-            self._line(f"resumed from the last checkpoint at epoch {record['fromEpoch']}")
+            self.note(f"resumed from the last checkpoint at epoch {record['fromEpoch']}")
         elif kind == "batch" and self.live:
             done = record["step"] / record["stepsPerEpoch"]
             bar = "#" * int(done * 30)
@@ -79,15 +82,15 @@ class Display:
         elif kind == "epoch":
             self.epoch = record["epoch"]
             m = record["metrics"]
-            self._line(
+            self.note(
                 f"epoch {record['epoch']}/{record['totalEpochs']}: loss {m.get('loss', 0):.4f} "
                 f"acc {m.get('accuracy', 0):.4f} val_loss {m.get('val_loss', 0):.4f} "
                 f"val_acc {m.get('val_accuracy', 0):.4f} ({record['examplesPerSecond']:.0f} ex/s)"
             )
         elif kind == "error":
-            self._line(f"worker error: {record['message']}")
+            self.note(f"worker {worker} error: {record['message']}")
 
-    def _line(self, text: str) -> None:
+    def note(self, text: str) -> None:
         prefix = "\r\033[K" if self.live else ""
         self.stream.write(f"{prefix}{text}\n")
         self.stream.flush()
@@ -178,7 +181,7 @@ def run_local(
                 f"last error: {message}; see {log}"
             )
         restarts += 1
-        display._line(f"worker {index} exited with code {code}; restarting all workers "
+        display.note(f"worker {index} exited with code {code}; restarting all workers "
                       f"({restarts}/{policy.backoff_limit})")
 
 
@@ -197,8 +200,7 @@ def _supervise(
             index, record = attempt.records.get(timeout=0.2)
             if record["type"] == "error":
                 last_error[index] = record["message"]
-            if index == 0 or record["type"] == "error":
-                display.show(record)
+            display.show(index, record)
         except queue.Empty:
             pass
         failure = attempt.failed()

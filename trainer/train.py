@@ -208,7 +208,7 @@ def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
         train=False, augment=False, seed=spec.training.seed,
     )
     progress.emit(
-        "start", worker=cluster.index, workers=cluster.count, totalEpochs=spec.training.epochs,
+        "start", worker=cluster.index, pid=os.getpid(), workers=cluster.count, totalEpochs=spec.training.epochs,
         stepsPerEpoch=steps, globalBatch=global_batch, trainExamples=len(parts.train),
         shardExamples=len(own_train), validationExamples=len(used_val),
     )
