@@ -147,11 +147,13 @@ async def _image_bytes(request: Request) -> bytes:
             form = await request.form(max_files=1, max_fields=16)
         except Exception as error:  # malformed multipart bodies raise several types
             raise BadRequest(f"cannot parse the multipart form: {error}") from None
-        async with form:
+        try:
             files = [v for v in form.values() if isinstance(v, UploadFile)]
             if not files:
                 raise BadRequest("the multipart form has no file; send the image as a file field")
             return await files[0].read()
+        finally:
+            await form.close()
     if content_type and content_type not in IMAGE_TYPES:
         raise UnsupportedMediaType(
             f"send a PNG/JPEG body ({', '.join(IMAGE_TYPES)}) or multipart/form-data, "
@@ -220,6 +222,11 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, error: Exception) -> JSONResponse:
+        # Logged by uvicorn with its traceback; the client still gets the API's error shape.
+        return _error(500, f"internal error: {type(error).__name__}")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,8 +5,9 @@ the batch would exceed `max_batch_size` rows, runs one model call in a worker th
 loop keeps accepting while the model computes), then splits the output back by row counts.
 Requests arriving while a call runs form the next batch, which is where the throughput
 comes from. `max_wait` bounds how long the oldest request waits for company; the
-dispatcher stops waiting early once as many rows are queued as the previous batch carried,
-so a lone client never pays the wait and a steady crowd is not held back by it.
+dispatcher stops waiting early once as many rows are queued as the previous batch carried
+(at first: a full batch), so a lone client pays the wait once, not on every request, and a
+steady crowd is dispatched as soon as it has all arrived.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
-        self._target_rows = 1
+        self._target_rows = max_batch_size
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
         self._dispatchers: list[asyncio.Task[None]] = []
 
