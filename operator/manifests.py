@@ -141,6 +141,8 @@ def worker_pod(
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
         "resources": resources,
         "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
         # A worker that dies without writing its message still leaves its last log lines.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -106,6 +106,8 @@ def deployment(
                         },
                         "lifecycle": {"preStop": {"exec": {
                             "command": ["sleep", str(PRESTOP_SECONDS)]}}},
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "storage",
                                           "mountPath": spec.storage.mount_path,
                                           "readOnly": True}],

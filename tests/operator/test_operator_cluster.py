@@ -1,0 +1,316 @@
+"""The operator in-process (kopf's KopfRunner) against a real API server, scheduler, kubelet.
+
+Worker pods run the stand-in programs of `standins.py` from the trainer image: they keep the
+trainer's contract (TF_CONFIG, JSON epoch lines, exit codes, termination message, exported
+model directory) without TensorFlow, because what is under test here is the operator.
+On another cluster, point KUBETRAIN_TRAINER_IMAGE at an image with python3 that it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+from kubecluster import Kubectl
+from kubetrain.operator.settings import SETTINGS
+from standins import server_command, worker_command
+
+pytestmark = pytest.mark.cluster
+
+IMAGE = os.environ.get("KUBETRAIN_TRAINER_IMAGE", "localhost/kubetrain-trainer:dev")
+CRD = Path(__file__).resolve().parents[2] / "crds" / "trainingjobs.kubetrain.io.yaml"
+CLAIM = "models"
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", "crd/trainingjobs.kubetrain.io",
+            "--timeout=60s")
+
+
+@pytest.fixture
+def ns(namespace: Kubectl, crd: None) -> Kubectl:
+    """A fresh namespace with a PVC for checkpoints and models."""
+    namespace.apply({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
+    })
+    return namespace
+
+
+@contextlib.contextmanager
+def operator(ns: Kubectl, worker: list[str] | None = None) -> Iterator[KopfRunner]:
+    """The operator watching `ns`, with the stand-in worker and model server."""
+    SETTINGS.worker_command = worker or worker_command()
+    SETTINGS.serving_command = server_command()
+    args = ["run", "--standalone", "--namespace", ns.namespace, "-m",
+            "kubetrain.operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.exception
+
+
+def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "dataset": {"name": "mnist", "source": "data/mnist"},
+        "model": {"architecture": "mnist-dense", "name": "digits"},
+        "training": {"epochs": 3},
+        "workers": {"replicas": 2, "image": IMAGE},
+        "storage": {"claimName": CLAIM},
+        "promotion": {"enabled": False},
+    }
+    for key, value in spec.items():
+        body[key] = {**body.get(key, {}), **value}
+    return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name}, "spec": body}
+
+
+def phase_in(*phases: str):
+    return lambda tj: tj.get("status", {}).get("phase") in phases
+
+
+def condition(tj: dict, type_: str) -> dict:
+    return next(c for c in tj["status"]["conditions"] if c["type"] == type_)
+
+
+def pods(ns: Kubectl, job: str) -> list[dict]:
+    return ns.json("get", "pods", "-l", f"kubetrain.io/job={job}")["items"]
+
+
+def events(ns: Kubectl, name: str) -> list[tuple[str, str]]:
+    items = ns.json("get", "events", "--field-selector",
+                    f"involvedObject.kind=TrainingJob,involvedObject.name={name}")["items"]
+    return [(e["reason"], e["message"]) for e in items]
+
+
+def test_apply_creates_the_headless_service_and_workers_that_can_find_each_other(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=30)):
+        started = time.monotonic()
+        ns.apply(trainingjob("mnist", workers={"replicas": 3}))
+        ns.wait_for("pods -l kubetrain.io/job=mnist", lambda p: len(p["items"]) == 3,
+                    timeout=30, interval=0.2)
+        created_in = time.monotonic() - started
+        tj = ns.wait_for("tj mnist", phase_in("Running"), timeout=120)
+    assert created_in < 10, created_in
+    service = ns.json("get", "service", "mnist-workers")
+    assert service["spec"]["clusterIP"] == "None"
+    for pod in pods(ns, "mnist"):
+        index = int(pod["metadata"]["labels"]["kubetrain.io/worker-index"])
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        config = json.loads(env["TF_CONFIG"])
+        assert config["task"] == {"type": "worker", "index": index}
+        assert config["cluster"]["worker"] == [
+            f"mnist-worker-{i}.mnist-workers.{ns.namespace}.svc:2222" for i in range(3)]
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+    # Each worker's stable name resolves, through the headless Service, to that pod.
+    lookup = ns("exec", "mnist-worker-0", "--", "python3", "-c",
+                "import socket; print(socket.gethostbyname("
+                f"'mnist-worker-2.mnist-workers.{ns.namespace}.svc'))").stdout.strip()
+    assert lookup == ns.json("get", "pod", "mnist-worker-2")["status"]["podIP"]
+    assert tj["status"]["workersReady"] == "3/3"
+    assert condition(tj, "Running")["status"] == "True"
+
+
+def test_progress_reaches_the_status_while_training_and_the_result_when_done(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=4, val_accuracy=0.93, version=1)):
+        ns.apply(trainingjob("mnist", training={"epochs": 3}))
+        tj = ns.wait_for("tj mnist", lambda t: phase_in("Running")(t)
+                         and t["status"].get("epoch", 0) >= 1, timeout=120, interval=0.5)
+        assert tj["status"]["epochProgress"] in ("1/3", "2/3")
+        assert tj["status"]["metrics"]["val_accuracy"] > 0
+        tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["bestCheckpoint"]["epoch"] == 3
+    assert status["bestMetrics"]["val_accuracy"] == pytest.approx(0.93)
+    assert status["testMetrics"]["test_accuracy"] == pytest.approx(0.925)
+    assert status["model"]["version"] == 1
+    assert status["completionTime"] >= status["startTime"]
+    columns = ns("get", "tj", "mnist").stdout
+    assert "Succeeded" in columns and "3/3" in columns and "0.93" in columns
+
+
+def test_a_killed_worker_restarts_all_workers_which_resume(ns: Kubectl):
+    kill = {"index": 1, "epoch": 2, "code": 137, "attempts": [0]}
+    with operator(ns, worker_command(epoch_seconds=2, fail=kill)):
+        ns.apply(trainingjob("mnist", training={"epochs": 4}))
+        tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=180)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"]
+    assert tj["status"]["restarts"] == 1
+    assert "mnist-worker-1 exited with code 137" in tj["status"]["lastFailure"]
+    assert any(reason == "Restarting" for reason, _ in events(ns, "mnist"))
+    # The second attempt's chief resumed after the last finished epoch, not from epoch 1.
+    log = ns("logs", "mnist-worker-0").stdout
+    assert "attempt 1 from epoch 2" in log, log
+
+
+def test_exhausting_the_backoff_limit_fails_the_job(ns: Kubectl):
+    crash = {"index": 1, "epoch": 1, "code": 1}
+    with operator(ns, worker_command(epoch_seconds=1, fail=crash)):
+        ns.apply(trainingjob("mnist", runPolicy={"backoffLimit": 1}))
+        tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=180)
+    assert tj["status"]["phase"] == "Failed"
+    assert tj["status"]["restarts"] == 1
+    assert condition(tj, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_permanent_error_fails_at_once_with_the_workers_message(ns: Kubectl):
+    bad = {"index": 0, "epoch": 1, "code": 3,
+           "message": "data/mnist: train-images-idx3-ubyte: wrong magic number 2049"}
+    with operator(ns, worker_command(epoch_seconds=1, fail=bad)):
+        ns.apply(trainingjob("mnist"))
+        tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Failed"
+    assert tj["status"]["restarts"] == 0
+    failed = condition(tj, "Failed")
+    assert failed["reason"] == "PermanentError"
+    assert failed["message"].endswith("wrong magic number 2049")
+
+
+def test_the_active_deadline_fails_the_job_and_stops_its_workers(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=60)):
+        ns.apply(trainingjob("mnist", runPolicy={"activeDeadlineSeconds": 8,
+                                                 "cleanPodPolicy": "None"}))
+        tj = ns.wait_for("tj mnist", phase_in("Failed"), timeout=60)
+        ns.wait_for("pods -l kubetrain.io/job=mnist", lambda p: not p["items"], timeout=60)
+    assert condition(tj, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_a_finished_job_is_deleted_after_its_ttl(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=0.5)):
+        ns.apply(trainingjob("mnist", training={"epochs": 1},
+                             runPolicy={"ttlSecondsAfterFinished": 3}))
+        ns.wait_for("tj mnist", phase_in("Succeeded"), timeout=120)
+        ns.wait_for("tj", lambda lst: not lst["items"], timeout=60)
+        # Owner references take the Service and pods with it.
+        ns.wait_for("pods,services -l kubetrain.io/job=mnist", lambda lst: not lst["items"],
+                    timeout=60)
+
+
+def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=30)):
+        ns.apply(trainingjob("mnist"))
+        ns.wait_for("tj mnist", phase_in("Running"), timeout=120)
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(ns, "mnist")}
+    with operator(ns, worker_command(epoch_seconds=30)):
+        time.sleep(6)  # three reconcile ticks
+        tj = ns.json("get", "tj", "mnist")
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(ns, "mnist")}
+    assert after == before
+    assert len(after) == 2
+    assert tj["status"]["phase"] == "Running"
+    assert tj["status"]["restarts"] == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model": {"architecture": "planesnet-cnn"}}, "spec.model.architecture"),
+    ({"training": {"epochs": 0}}, "spec.training.epochs"),
+    ({"workers": {"replicas": 2, "gpus": 1}}, 'unknown field "spec.workers.gpus"'),
+    ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "spec.runPolicy.cleanPodPolicy"),
+    ({"storage": {"claimName": None}, "promotion": {"enabled": True}},
+     "spec.storage.claimName"),
+])
+def test_the_api_server_refuses_an_invalid_spec_naming_the_field(
+    namespace: Kubectl, crd: None, change: dict, message: str
+):
+    body = trainingjob("bad")
+    for key, value in change.items():
+        body["spec"][key] = {**body["spec"][key], **value}
+        body["spec"][key] = {k: v for k, v in body["spec"][key].items() if v is not None}
+    proc = namespace("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_the_api_server_refuses_a_name_too_long_for_worker_pods(namespace: Kubectl, crd: None):
+    proc = namespace("apply", "-f", "-", input=json.dumps(trainingjob("x" * 53)), check=False)
+    assert proc.returncode != 0
+    assert "at most 52 characters" in proc.stderr, proc.stderr
+
+
+def test_a_missing_claim_is_reported_and_waited_for(namespace: Kubectl, crd: None):
+    with operator(namespace, worker_command(epoch_seconds=30)):
+        namespace.apply(trainingjob("mnist", storage={"claimName": "nowhere"}))
+        tj = namespace.wait_for("tj mnist", lambda t: any(
+            c["type"] == "Valid" and c["status"] == "False"
+            for c in t.get("status", {}).get("conditions", [])), timeout=60)
+        assert tj["status"]["phase"] == "Pending"
+        assert "'nowhere' does not exist" in condition(tj, "Valid")["message"]
+        assert not pods(namespace, "mnist")
+        assert any(reason == "ClaimNotFound" for reason, _ in events(namespace, "mnist"))
+
+
+def serving_version(ns: Kubectl) -> str:
+    dep = ns.json("get", "deployment", "digits-serving")
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "MODEL_VERSION")
+
+
+def promote(ns: Kubectl, name: str, version: int, val_accuracy: float,
+            export: bool = True) -> dict:
+    """Train (stand-in) and promote one model; returns the finished TrainingJob."""
+    with operator(ns, worker_command(epoch_seconds=0.5, val_accuracy=val_accuracy,
+                                     version=version, export=export)):
+        ns.apply(trainingjob(name, training={"epochs": 1}, workers={"replicas": 1},
+                             promotion={"enabled": True, "deployment": "digits-serving",
+                                        "replicas": 2, "progressDeadlineSeconds": 15}))
+        return ns.wait_for(f"tj {name}", lambda t: phase_in("Promoted", "Failed")(t) or (
+            phase_in("Succeeded")(t) and any(c["type"] == "Promoted"
+                                            for c in t["status"]["conditions"])),
+            timeout=240)
+
+
+def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_one(
+    ns: Kubectl,
+):
+    # First model: the Deployment and its Service are created and become available.
+    first = promote(ns, "first", version=1, val_accuracy=0.90)
+    assert first["status"]["phase"] == "Promoted", first["status"]
+    assert first["status"]["served"] == "digits-serving:1"
+    assert serving_version(ns) == "1"
+    assert ns.json("get", "service", "digits-serving")["spec"]["ports"][0]["port"] == 8501
+
+    # A better model: the real deployment controller rolls to it.
+    second = promote(ns, "second", version=2, val_accuracy=0.95)
+    assert second["status"]["phase"] == "Promoted", second["status"]
+    assert second["status"]["serving"]["previousVersion"] == 1
+    assert serving_version(ns) == "2"
+    dep = ns.json("get", "deployment", "digits-serving")
+    assert dep["status"]["updatedReplicas"] == dep["status"]["availableReplicas"] == 2
+    assert dep["metadata"]["annotations"]["kubetrain.io/metric-value"] == "0.95"
+    replica_sets = ns.json("get", "replicasets", "-l", "kubetrain.io/serving=digits-serving")
+    assert len(replica_sets["items"]) == 2
+    assert any(r == "Promoted" for r, _ in events(ns, "second"))
+
+    # A worse model: the gate refuses it and serving stays where it was.
+    worse = promote(ns, "worse", version=3, val_accuracy=0.91)
+    assert worse["status"]["phase"] == "Succeeded"
+    assert condition(worse, "Promoted")["reason"] == "NotBetter"
+    assert serving_version(ns) == "2"
+
+    # A better score whose model the server cannot load: never ready, rolled back.
+    broken = promote(ns, "broken", version=4, val_accuracy=0.99, export=False)
+    assert broken["status"]["phase"] == "Succeeded", broken["status"]
+    promoted = condition(broken, "Promoted")
+    assert promoted["reason"] == "RolloutFailed", promoted
+    assert "rolled back to version 2" in promoted["message"]
+    assert serving_version(ns) == "2"
+    dep = ns.json("get", "deployment", "digits-serving")
+    assert dep["metadata"]["annotations"]["kubetrain.io/model-version"] == "2"
+    ns("rollout", "status", "deployment/digits-serving", "--timeout=120s")
+
+
+def test_the_operator_needs_no_tensorflow():
+    code = ("import sys, kubetrain.operator.handlers; "
+            "sys.exit('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
