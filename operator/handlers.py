@@ -285,18 +285,19 @@ def reconcile_job(
         problem = _create_workers(raw, job, plan.create, int(plan.status.get("restarts", restarts)))
         if problem is not None:
             plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
-    for pod, grace in plan.delete:
-        kube().delete(pods_path(namespace, pod), grace_seconds=grace)
-    merged = {**status, **plan.status}
-    if plan.read_progress:
+    succeeded_now = (plan.status.get("phase") == Phase.SUCCEEDED
+                     and status.get("phase") != Phase.SUCCEEDED)
+    if plan.read_progress or succeeded_now:  # before cleanup deletes the chief and its log
+        merged = {**status, **plan.status}
         progress = _progress(namespace, name, merged, job.spec.training.metric)
         plan.status.update({k: v for k, v in progress.items() if merged.get(k) != v})
-    if plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED:
+    if succeeded_now:
         chief = next((p for p in pods if p["index"] == 0 and p["phase"] == "Succeeded"), None)
         result = parse_result(chief["message"] if chief else None)
         if result:
             plan.status.update(result_update(result, job.spec.training.metric))
-        merged = {**status, **plan.status}
+    for pod, grace in plan.delete:
+        kube().delete(pods_path(namespace, pod), grace_seconds=grace)
     if plan.promote:
         update, events = _promote(raw, job, {**status, **plan.status}, now)
         plan.status.update(update)
