@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -30,8 +34,9 @@ def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images
 
 
-def write_mnist(directory: Path, train: int = 1200, test: int = 300, gzipped: bool = True,
-                seed: int = 0) -> Path:
+def write_mnist(
+    directory: Path, train: int = 1200, test: int = 300, gzipped: bool = True, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = []
@@ -60,11 +65,15 @@ def planesnet_examples(count: int, scenes: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = (np.arange(count) % 3 == 0).astype(np.int64)
     rng.shuffle(labels)
-    scene_ids = np.array([f"2016{s:04d}_1200{s:02d}_0e{s:02d}" for s in rng.integers(0, scenes, count)])
+    scene_ids = np.array(
+        [f"2016{s:04d}_1200{s:02d}_0e{s:02d}" for s in rng.integers(0, scenes, count)]
+    )
     return planes_chips(labels, rng), labels, scene_ids
 
 
-def write_planesnet_folder(directory: Path, count: int = 300, scenes: int = 12, seed: int = 0) -> Path:
+def write_planesnet_folder(
+    directory: Path, count: int = 300, scenes: int = 12, seed: int = 0
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     chips, labels, scene_ids = planesnet_examples(count, scenes, seed)
     for i, (chip, label, scene) in enumerate(zip(chips, labels, scene_ids, strict=True)):
@@ -76,10 +85,14 @@ def write_planesnet_folder(directory: Path, count: int = 300, scenes: int = 12, 
 def write_planesnet_json(path: Path, count: int = 300, scenes: int = 12, seed: int = 0) -> Path:
     chips, labels, scene_ids = planesnet_examples(count, scenes, seed)
     planar = chips.transpose(0, 3, 1, 2).reshape(count, 1200)
-    path.write_text(json.dumps({
-        "data": planar.tolist(),
-        "labels": labels.tolist(),
-        "scene_ids": scene_ids.tolist(),
-        "locations": [[-122.0, 37.0]] * count,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "data": planar.tolist(),
+                "labels": labels.tolist(),
+                "scene_ids": scene_ids.tolist(),
+                "locations": [[-122.0, 37.0]] * count,
+            }
+        )
+    )
     return path

@@ -64,7 +64,9 @@ def list_checkpoints(root: Path) -> list[Checkpoint]:
     for path in sorted(root.glob("epoch-*")):
         try:
             record = json.loads((path / METRICS_FILE).read_text())
-            found.append(Checkpoint(epoch=int(record["epoch"]), path=path, metrics=record["metrics"]))
+            found.append(
+                Checkpoint(epoch=int(record["epoch"]), path=path, metrics=record["metrics"])
+            )
         except (OSError, ValueError, KeyError):
             continue
     return sorted(found, key=lambda c: c.epoch)

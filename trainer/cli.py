@@ -26,15 +26,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: workers stopped; run again to resume from the last epoch",
-              file=sys.stderr)
+        print(
+            "interrupted: workers stopped; run again to resume from the last epoch", file=sys.stderr
+        )
         return 130
     model = result["model"]
+    where = Path(model["path"])
+    if where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
     print(
         f"best epoch {result['bestEpoch']}: {result['metric']} "
         f"{result['validation'].get(result['metric'], float('nan')):.4f}, "
         f"test accuracy {result['test_accuracy']:.4f}; exported {model['name']} "
-        f"version {model['version']} to {model['path']}",
+        f"version {model['version']} to {where}",
         file=sys.stderr,
     )
     print(json.dumps(result))
@@ -49,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
-    return run_worker(args.job, Path(args.workdir), Path(args.model_root) if args.model_root else None)
+    return run_worker(
+        args.job, Path(args.workdir), Path(args.model_root) if args.model_root else None
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,10 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a TrainingJob file on this machine")
     run.add_argument("file", help="TrainingJob YAML (the same file `kubectl apply` takes)")
-    run.add_argument("--workdir", help="checkpoints, logs, models and result.json "
-                     "(default: runs/<job name>)")
-    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                     help="override a field, e.g. --set spec.training.epochs=1")
+    run.add_argument(
+        "--workdir", help="checkpoints, logs, models and result.json (default: runs/<job name>)"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field, e.g. --set spec.training.epochs=1",
+    )
     run.add_argument("--serve", action="store_true", help="serve the exported model afterwards")
     run.set_defaults(func=_run)
 

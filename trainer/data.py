@@ -30,7 +30,9 @@ class DataError(ValueError):
 MNIST_CLASSES = [str(d) for d in range(10)]
 PLANESNET_CLASSES = ["no-plane", "plane"]
 PLANESNET_SIZE = 20
-PLANESNET_NAME = re.compile(r"^(?P<label>\d+)__(?P<scene>[^_][^/]*?)__(?P<lon>[-0-9.]+)_(?P<lat>[-0-9.]+)\.png$")
+PLANESNET_NAME = re.compile(
+    r"^(?P<label>\d+)__(?P<scene>[^_][^/]*?)__(?P<lon>[-0-9.]+)_(?P<lat>[-0-9.]+)\.png$"
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,10 @@ def _find_idx(directory: Path, stem: str) -> Path:
     for candidate in (directory / f"{stem}.gz", directory / stem):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{directory}: missing {stem}.gz (or {stem}); an MNIST directory holds "
-                    f"the four IDX files {', '.join(MNIST_FILES.values())}")
+    raise DataError(
+        f"{directory}: missing {stem}.gz (or {stem}); an MNIST directory holds "
+        f"the four IDX files {', '.join(MNIST_FILES.values())}"
+    )
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -152,8 +156,10 @@ def _read_chip(path: Path) -> np.ndarray:
             if image.mode != "RGB":
                 raise DataError(f"{path}: image mode {image.mode}, PlanesNet chips are RGB")
             if image.size != (PLANESNET_SIZE, PLANESNET_SIZE):
-                raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]}, "
-                                f"PlanesNet chips are {PLANESNET_SIZE}x{PLANESNET_SIZE}")
+                raise DataError(
+                    f"{path}: image is {image.size[0]}x{image.size[1]}, "
+                    f"PlanesNet chips are {PLANESNET_SIZE}x{PLANESNET_SIZE}"
+                )
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"{path}: not a readable PNG image: {err}") from None
@@ -211,9 +217,7 @@ def load_planesnet_json(path: Path) -> Source:
     for i, label in enumerate(labels):
         _check_label(int(label), f"{path}: labels[{i}]")
     chips = (
-        data.astype(np.uint8)
-        .reshape(-1, 3, PLANESNET_SIZE, PLANESNET_SIZE)
-        .transpose(0, 2, 3, 1)
+        data.astype(np.uint8).reshape(-1, 3, PLANESNET_SIZE, PLANESNET_SIZE).transpose(0, 2, 3, 1)
     )
     scenes = document.get("scene_ids")
     groups = np.asarray(scenes) if scenes is not None and len(scenes) == len(data) else None
@@ -260,11 +264,15 @@ def split(source: Source, dataset: Dataset, seed: int) -> Split:
     held_out = dataset.validation_fraction + (0 if source.test else dataset.test_fraction)
     if dataset.split_by == SplitBy.SCENE:
         if source.train.groups is None:
-            raise DataError(f"{dataset.source}: spec.dataset.splitBy=scene needs scene ids, "
-                            "which this source does not have; use splitBy: random")
+            raise DataError(
+                f"{dataset.source}: spec.dataset.splitBy=scene needs scene ids, "
+                "which this source does not have; use splitBy: random"
+            )
         train, rest = _group_split(indices, source.train.groups, held_out, seed)
     else:
-        train, rest = train_test_split(indices, test_size=held_out, stratify=labels, random_state=seed)
+        train, rest = train_test_split(
+            indices, test_size=held_out, stratify=labels, random_state=seed
+        )
     if source.test is not None:
         validation, test = np.sort(rest), np.arange(len(source.test))
     else:

@@ -58,7 +58,9 @@ def export_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".export-{uuid.uuid4().hex}"
     try:
-        tf.saved_model.save(model, str(staging), signatures={SIGNATURE_NAME: serving_function(model)})
+        tf.saved_model.save(
+            model, str(staging), signatures={SIGNATURE_NAME: serving_function(model)}
+        )
         while True:
             version = max(versions(model_dir), default=0) + 1
             record = {

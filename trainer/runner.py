@@ -42,7 +42,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def tf_config(addresses: list[str], index: int) -> str:
-    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+    )
 
 
 @dataclass
@@ -110,9 +112,22 @@ class LocalJob:
             env["KUBETRAIN_TERMINATION_LOG"] = str(logs / f"worker-{index}.termination")
             with open(logs / f"worker-{index}.log", "a") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "kubetrain.trainer", "worker", "--job", str(job_file),
-                     "--workdir", str(workdir), "--model-root", str(model_root)],
-                    stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                    [
+                        sys.executable,
+                        "-m",
+                        "kubetrain.trainer",
+                        "worker",
+                        "--job",
+                        str(job_file),
+                        "--workdir",
+                        str(workdir),
+                        "--model-root",
+                        str(model_root),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    env=env,
                     start_new_session=True,  # a Ctrl-C in the terminal reaches only the runner
                 )
             self.processes.append(process)
@@ -172,8 +187,10 @@ def run_local(
         if code == EXIT_PERMANENT:
             raise JobFailed(f"worker {index} failed: {message or 'invalid job'} (see {log})")
         if code == -1:
-            raise JobFailed(f"DeadlineExceeded: the job ran longer than "
-                            f"spec.runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}")
+            raise JobFailed(
+                f"DeadlineExceeded: the job ran longer than "
+                f"spec.runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}"
+            )
         if restarts >= policy.backoff_limit:
             raise JobFailed(
                 f"BackoffLimitExceeded: worker {index} exited with code {code} after "
@@ -181,8 +198,10 @@ def run_local(
                 f"last error: {message}; see {log}"
             )
         restarts += 1
-        display.note(f"worker {index} exited with code {code}; restarting all workers "
-                      f"({restarts}/{policy.backoff_limit})")
+        display.note(
+            f"worker {index} exited with code {code}; restarting all workers "
+            f"({restarts}/{policy.backoff_limit})"
+        )
 
 
 def _last_line(log: Path) -> str | None:

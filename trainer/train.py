@@ -200,17 +200,32 @@ def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
     used_val = parts.validation[: val_batch * val_steps]
     own_val = shard(used_val, cluster.index, cluster.count, spec.training.seed)
     train_ds = _pipeline(
-        source.train.read(own_train), source.train.labels[own_train], per_worker,
-        train=True, augment=spec.dataset.augment, seed=spec.training.seed,
+        source.train.read(own_train),
+        source.train.labels[own_train],
+        per_worker,
+        train=True,
+        augment=spec.dataset.augment,
+        seed=spec.training.seed,
     )
     val_ds = _pipeline(
-        source.train.read(own_val), source.train.labels[own_val], val_batch // workers,
-        train=False, augment=False, seed=spec.training.seed,
+        source.train.read(own_val),
+        source.train.labels[own_val],
+        val_batch // workers,
+        train=False,
+        augment=False,
+        seed=spec.training.seed,
     )
     progress.emit(
-        "start", worker=cluster.index, pid=os.getpid(), workers=cluster.count, totalEpochs=spec.training.epochs,
-        stepsPerEpoch=steps, globalBatch=global_batch, trainExamples=len(parts.train),
-        shardExamples=len(own_train), validationExamples=len(used_val),
+        "start",
+        worker=cluster.index,
+        pid=os.getpid(),
+        workers=cluster.count,
+        totalEpochs=spec.training.epochs,
+        stepsPerEpoch=steps,
+        globalBatch=global_batch,
+        trainExamples=len(parts.train),
+        shardExamples=len(own_train),
+        validationExamples=len(used_val),
     )
 
     if cluster.is_chief and not _has_backup(layout.backup):
@@ -278,7 +293,9 @@ def finish(
             "classNames": source.class_names,
         },
     )
-    examples_per_second = reporter.examples / reporter.train_seconds if reporter.train_seconds else 0
+    examples_per_second = (
+        reporter.examples / reporter.train_seconds if reporter.train_seconds else 0
+    )
     result = {
         "status": "Succeeded",
         "jobName": job.metadata.name,

@@ -7,6 +7,7 @@ The last words go to the termination log, which Kubernetes shows in the pod's st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -37,10 +38,8 @@ def read_job(job_file: str | None) -> TrainingJob:
 def _write_termination_log(message: str) -> None:
     path = Path(os.environ.get("KUBETRAIN_TERMINATION_LOG", TERMINATION_LOG))
     if path.parent.is_dir() and (path.exists() or path != TERMINATION_LOG):
-        try:
+        with contextlib.suppress(OSError):
             path.write_text(message[-4000:])
-        except OSError:
-            pass
 
 
 def run_worker(job_file: str | None, workdir: Path, model_root: Path | None) -> int:

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from kubetrain.trainer.checkpoints import best_checkpoint, list_checkpoints, publish, staging_dir
 
 

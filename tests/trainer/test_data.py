@@ -4,11 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from datasets import idx_bytes, write_mnist, write_planesnet_folder, write_planesnet_json
 from kubetrain.trainer.data import DataError, load_mnist, load_planesnet, shard, split
 from kubetrain.trainer.spec import Dataset
+from PIL import Image
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
@@ -35,14 +34,24 @@ def corrupt(directory: Path, stem: str, data: bytes) -> None:
     ("damage", "message"),
     [
         (lambda d: (d / "train-labels-idx1-ubyte.gz").unlink(), "missing train-labels-idx1-ubyte"),
-        (lambda d: corrupt(d, "train-images-idx3-ubyte", b"\0\0\x08\x01" + b"\0" * 20),
-         "wrong magic number 2049, expected 2051"),
-        (lambda d: corrupt(d, "train-images-idx3-ubyte",
-                           idx_bytes(np.zeros((10, 28, 28), np.uint8))[:-100]), "truncated"),
-        (lambda d: corrupt(d, "train-labels-idx1-ubyte", idx_bytes(np.full(50, 12, np.uint8))),
-         "label 12 outside the classes"),
-        (lambda d: corrupt(d, "train-labels-idx1-ubyte", idx_bytes(np.zeros(49, np.uint8))),
-         "49 labels for 50 images"),
+        (
+            lambda d: corrupt(d, "train-images-idx3-ubyte", b"\0\0\x08\x01" + b"\0" * 20),
+            "wrong magic number 2049, expected 2051",
+        ),
+        (
+            lambda d: corrupt(
+                d, "train-images-idx3-ubyte", idx_bytes(np.zeros((10, 28, 28), np.uint8))[:-100]
+            ),
+            "truncated",
+        ),
+        (
+            lambda d: corrupt(d, "train-labels-idx1-ubyte", idx_bytes(np.full(50, 12, np.uint8))),
+            "label 12 outside the classes",
+        ),
+        (
+            lambda d: corrupt(d, "train-labels-idx1-ubyte", idx_bytes(np.zeros(49, np.uint8))),
+            "49 labels for 50 images",
+        ),
         (lambda d: corrupt(d, "train-images-idx3-ubyte", b"\0\0\x08"), "truncated IDX file"),
     ],
     ids=["missing", "magic", "truncated", "label", "count", "no-header"],
@@ -129,8 +138,13 @@ def test_random_split_is_stratified_and_seeded(tmp_path: Path) -> None:
 
 def test_scene_split_keeps_each_scene_on_one_side(tmp_path: Path) -> None:
     source = load_planesnet(write_planesnet_folder(tmp_path, count=300, scenes=20))
-    dataset = Dataset(name="planesnet", source=str(tmp_path), split_by="scene",
-                      validation_fraction=0.2, test_fraction=0.2)
+    dataset = Dataset(
+        name="planesnet",
+        source=str(tmp_path),
+        split_by="scene",
+        validation_fraction=0.2,
+        test_fraction=0.2,
+    )
     parts = split(source, dataset, seed=3)
     scenes = [set(source.train.groups[p]) for p in (parts.train, parts.validation, parts.test)]
     assert all(scenes)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from kubetrain.trainer.runner import Display, JobFailed, run_local
 from kubetrain.trainer.spec import parse_job
 
@@ -29,8 +28,13 @@ class Recorder(Display):
 
     def show(self, worker: int, record: dict[str, Any]) -> None:
         self.records[worker].append(record)
-        if (self.kill_at and not self.killed and worker == 0 and record["type"] == "epoch"
-                and record["epoch"] == self.kill_at):
+        if (
+            self.kill_at
+            and not self.killed
+            and worker == 0
+            and record["type"] == "epoch"
+            and record["epoch"] == self.kill_at
+        ):
             (start,) = [r for r in self.records[1] if r["type"] == "start"][-1:]
             os.kill(start["pid"], signal.SIGKILL)
             self.killed = True
@@ -39,8 +43,9 @@ class Recorder(Display):
         return [r for r in self.records[worker] if r["type"] == kind]
 
 
-def test_two_workers_stay_in_sync_and_export_the_best_epoch(job_document: dict,
-                                                             tmp_path: Path) -> None:
+def test_two_workers_stay_in_sync_and_export_the_best_epoch(
+    job_document: dict, tmp_path: Path
+) -> None:
     recorder = Recorder()
     result = run_local(parse_job(job_document), tmp_path, display=recorder)
 
@@ -58,7 +63,10 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(job_document: dict,
     assert result["test_accuracy"] > 0.9  # the patterns are learnable: this is real training
     assert result["model"]["version"] == 1
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "epoch-0001", "epoch-0002", "epoch-0003"]
+        "epoch-0001",
+        "epoch-0002",
+        "epoch-0003",
+    ]
 
     from kubetrain.trainer.tflib import tf
 
@@ -71,8 +79,9 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(job_document: dict,
     assert (predicted == labels).mean() >= 0.9  # raw 0-255 pixels in, normalised inside
 
 
-def test_a_killed_worker_restarts_the_job_from_the_last_checkpoint(job_document: dict,
-                                                                   tmp_path: Path) -> None:
+def test_a_killed_worker_restarts_the_job_from_the_last_checkpoint(
+    job_document: dict, tmp_path: Path
+) -> None:
     job_document["spec"]["training"]["epochs"] = 8
     recorder = Recorder(kill_worker_at_epoch=2)
     result = run_local(parse_job(job_document), tmp_path, display=recorder)
@@ -94,8 +103,9 @@ def test_a_bad_dataset_fails_at_once_without_restarts(job_document: dict, tmp_pa
     assert not any("restarting" in str(r) for r in recorder.records.values())
 
 
-def test_a_job_that_keeps_failing_stops_at_the_backoff_limit(job_document: dict,
-                                                             tmp_path: Path) -> None:
+def test_a_job_that_keeps_failing_stops_at_the_backoff_limit(
+    job_document: dict, tmp_path: Path
+) -> None:
     job_document["spec"]["runPolicy"] = {"backoffLimit": 1}
     job_document["spec"]["training"]["epochs"] = 50
     job_document["spec"]["workers"]["replicas"] = 2
@@ -106,5 +116,5 @@ def test_a_job_that_keeps_failing_stops_at_the_backoff_limit(job_document: dict,
             if worker == 1 and record["type"] == "start":
                 os.kill(record["pid"], signal.SIGKILL)
 
-    with pytest.raises(JobFailed, match="BackoffLimitExceeded.*backoffLimit=1"):
+    with pytest.raises(JobFailed, match=r"BackoffLimitExceeded.*backoffLimit=1"):
         run_local(parse_job(job_document), tmp_path, display=KillEveryAttempt())

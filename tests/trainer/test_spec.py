@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kubetrain.trainer.spec import SpecError, TrainingJobSpec, apply_override, load_job, parse_job
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -23,11 +22,20 @@ def test_defaults_fill_what_the_user_left_out(job_document: dict) -> None:
     assert job.spec.serving_deployment == "mnist-serving"
 
 
-def test_set_overrides_any_field_by_dotted_camel_case_path(tmp_path: Path, job_document: dict) -> None:
+def test_set_overrides_any_field_by_dotted_camel_case_path(
+    tmp_path: Path, job_document: dict
+) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job_document))
-    job = load_job(path, ["spec.training.epochs=1", "spec.workers.replicas=1",
-                          "spec.dataset.splitBy=scene", "spec.promotion.enabled=false"])
+    job = load_job(
+        path,
+        [
+            "spec.training.epochs=1",
+            "spec.workers.replicas=1",
+            "spec.dataset.splitBy=scene",
+            "spec.promotion.enabled=false",
+        ],
+    )
     assert job.spec.training.epochs == 1
     assert job.spec.workers.replicas == 1
     assert job.spec.dataset.split_by == "scene"
@@ -44,8 +52,9 @@ def test_set_overrides_any_field_by_dotted_camel_case_path(tmp_path: Path, job_d
         ("spec.model.architecture=planesnet-seed", "planesnet"),
     ],
 )
-def test_a_bad_value_is_refused_naming_the_field(job_document: dict, override: str,
-                                                 field: str) -> None:
+def test_a_bad_value_is_refused_naming_the_field(
+    job_document: dict, override: str, field: str
+) -> None:
     apply_override(job_document, override)
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         parse_job(job_document)

@@ -1,0 +1,42 @@
+# kubetrain: `make run` trains the example job on this machine, `make test` runs every test.
+# Both start by creating the Python environment (.venv) if it is missing or out of date.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+JOB ?= examples/mnist.yaml
+
+.PHONY: install run test lint bench clean
+
+## install: a .venv with the `kubetrain` command, TensorFlow CPU and the test tools
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[train,operator,dev]"
+	# tf-keras without its dependencies: they would pull the full GPU `tensorflow` wheel.
+	$(BIN)/pip install --quiet --no-deps "tf-keras==2.21.*"
+	touch $@
+
+## run: train the example TrainingJob with local worker processes and export the best model
+run: install
+	$(BIN)/kubetrain run $(JOB) $(ARGS)
+
+## test: lint, then every test (the Kubernetes ones start the local cluster when needed)
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: accuracy and throughput on the real data in ../shared/data
+bench: install
+	$(BIN)/python bench/trainer_accuracy.py
+
+clean:
+	rm -rf runs .pytest_cache
+
+include hack/cluster/cluster.mk
