@@ -113,17 +113,16 @@ def test_undecodable_image_is_a_json_4xx(client: httpx.Client, body, content_typ
 
 
 def test_multipart_without_a_file_is_a_400(client: httpx.Client):
-    response = client.post(
-        "/v1/models/mnist:classify", files={"caption": (None, "no image here")}
-    )
+    response = client.post("/v1/models/mnist:classify", files={"caption": (None, "no image here")})
     assert response.status_code == 400
     assert "no file" in response.json()["error"]
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=40,
 )
 # Bodies that get past the JSON and schema checks often enough to reach the tensor checks.
