@@ -1,6 +1,7 @@
 """`kubetrain run` as a user types it."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,54 @@ def test_a_spec_with_an_unknown_field_is_refused(tmp_path: Path, job_document: d
     done = kubetrain("run", str(path))
     assert done.returncode != 0
     assert "spec.trainnig: Extra inputs are not permitted" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_lone_worker_without_tf_config_trains(job_document: dict, tmp_path: Path) -> None:
+    job_document["spec"]["training"]["epochs"] = 1
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job_document))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["KUBETRAIN_TERMINATION_LOG"] = str(tmp_path / "termination-log")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubetrain.trainer",
+            "worker",
+            "--job",
+            str(path),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert records[0]["type"] == "start" and records[0]["workers"] == 1
+    assert records[-1]["type"] == "result"
+    assert json.loads((tmp_path / "termination-log").read_text())["status"] == "Succeeded"
+
+
+def test_a_worker_given_bad_data_exits_3_with_its_reason(
+    job_document: dict, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    job_document["spec"]["dataset"]["source"] = str(tmp_path / "empty")
+    env = {
+        **os.environ,
+        "KUBETRAIN_JOB": json.dumps(job_document),
+        "KUBETRAIN_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetrain.trainer", "worker", "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 3
+    assert "missing train-images-idx3-ubyte" in (tmp_path / "termination-log").read_text()
