@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install the pinned chart tools (helm, kubectl, kubeconform) and kubeconform's schemas
-# for the built-in Kubernetes kinds. Prints, as its last two lines:
+# for the built-in Kubernetes kinds. Prints, as its last lines:
 #
 #   KUBETRAIN_TOOLS_BIN=<dir with helm, kubectl, kubeconform>
-#   KUBETRAIN_KUBE_SCHEMAS=<dir of JSON schemas, one per kind>
+#   KUBETRAIN_KUBE_SCHEMAS=<dir of JSON schemas, one per built-in kind>
+#   KUBETRAIN_KUBE_OPENAPI=<dir of the Kubernetes OpenAPI v3 documents they came from>
 #
-# so `eval "$(hack/tools/install.sh)"` sets both. Everything is kept under
+# so `eval "$(hack/tools/install.sh)"` sets all three. Everything is kept under
 # ${KUBETRAIN_CACHE:-~/.cache/kubetrain}/tools/<name>-<version>/: a second run costs
 # nothing, and a changed pin never reuses an old binary.
 #
@@ -93,12 +94,13 @@ ln -sfn "${kubeconform_dir}/kubeconform" "${BIN}/kubeconform"
 # Keyed by the converter's hash too: a changed converter regenerates them.
 converter="${HERE}/openapi2jsonschema.py"
 schemas="${TOOLS}/kubernetes-schemas-${KUBE_VERSION}-$(sha256sum "${converter}" | cut -c1-12)"
+# A no-op when the module is in the cache already (the local cluster's build puts it there).
+module="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+spec="${module}/api/openapi-spec/v3"
+[[ -d ${spec} ]] || die "no OpenAPI v3 documents in ${module}"
 if [[ ! -f ${schemas}/.complete ]]; then
   log "generating kubeconform schemas for Kubernetes ${KUBE_VERSION}"
-  module="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
-  spec="${module}/api/openapi-spec/v3"
-  [[ -d ${spec} ]] || die "no OpenAPI v3 documents in ${module}"
   rm -rf "${schemas}"
   python3 "${converter}" --out "${work}/schemas" \
     --openapi "${spec}/api__v1_openapi.json" "${spec}"/apis__*__*_openapi.json
@@ -108,3 +110,4 @@ fi
 
 echo "KUBETRAIN_TOOLS_BIN=${BIN}"
 echo "KUBETRAIN_KUBE_SCHEMAS=${schemas}"
+echo "KUBETRAIN_KUBE_OPENAPI=${spec}"

@@ -132,8 +132,10 @@ def from_openapi(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str
             continue
         gvk = gvks[0]
         target = file_name(gvk["group"], gvk["version"], gvk["kind"])
-        schemas.setdefault(target, document(
-            components[name], components, gvk["group"], gvk["version"], gvk["kind"]))
+        schemas.setdefault(
+            target,
+            document(components[name], components, gvk["group"], gvk["version"], gvk["kind"]),
+        )
     return schemas, components
 
 
@@ -151,8 +153,7 @@ def from_crd(path: Path, components: dict[str, Any]) -> dict[str, dict[str, Any]
                 continue
             root = copy.deepcopy(version["schema"]["openAPIV3Schema"])
             if OBJECT_META in components:
-                root.setdefault("properties", {})["metadata"] = {
-                    "$ref": REF_PREFIX + OBJECT_META}
+                root.setdefault("properties", {})["metadata"] = {"$ref": REF_PREFIX + OBJECT_META}
             name = file_name(group, version["name"], kind)
             schemas[name] = document(root, components, group, version["name"], kind)
     return schemas
@@ -161,10 +162,12 @@ def from_crd(path: Path, components: dict[str, Any]) -> dict[str, dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the schemas")
-    parser.add_argument("--openapi", type=Path, nargs="*", default=[],
-                        help="Kubernetes OpenAPI v3 documents (JSON)")
-    parser.add_argument("--crd", type=Path, nargs="*", default=[],
-                        help="CustomResourceDefinition manifests (YAML)")
+    parser.add_argument(
+        "--openapi", type=Path, nargs="*", default=[], help="Kubernetes OpenAPI v3 documents (JSON)"
+    )
+    parser.add_argument(
+        "--crd", type=Path, nargs="*", default=[], help="CustomResourceDefinition manifests (YAML)"
+    )
     args = parser.parse_args(argv)
 
     schemas, components = from_openapi(args.openapi)
