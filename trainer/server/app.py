@@ -7,7 +7,6 @@ answers at once while the readiness probe stays 503 until the model is loaded an
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +25,7 @@ from .batching import Batcher, Unbatched
 from .config import ServerSettings
 from .errors import ApiError, BadRequest, NotFound, Unavailable, UnsupportedMediaType
 from .images import decode_image
-from .inputs import instances_to_tensor, to_batch, unwrap_named
+from .inputs import instances_to_tensor, parse_json, to_batch, unwrap_named
 from .metrics import ServerMetrics
 from .middleware import BodySizeLimit, ObserveRequests
 from .model import SIGNATURE_NAME, ServedModel, TensorInfo, load_model
@@ -356,13 +355,11 @@ def create_app(state: ServerState) -> FastAPI:
         name: str, version: str | None, request: Request
     ) -> PredictResponse | ColumnarPredictResponse:
         model = served(name, version)
-        body = await request.body()
+        document = parse_json(await request.body())
         try:
-            payload = PredictRequest.model_validate(json.loads(body))
-        except (ValueError, RecursionError) as error:
-            if isinstance(error, ValidationError):
-                raise BadRequest(_describe_validation(error)) from None
-            raise BadRequest(f"the body is not valid JSON: {error}") from None
+            payload = PredictRequest.model_validate(document)
+        except ValidationError as error:
+            raise BadRequest(_describe_validation(error)) from None
         if payload.signature_name not in (None, "", SIGNATURE_NAME):
             raise BadRequest(
                 f"signature {payload.signature_name!r} not found; the only one is "
