@@ -36,6 +36,9 @@ def test_flags_default_to_the_directory_name_and_the_version_from_the_environmen
     assert parse("--model-dir", "x").model_version is None
     with pytest.raises(SystemExit):
         parse("--model-dir", "x", "--model-version", "latest")
+    monkeypatch.setenv("MODEL_VERSION", "latest")
+    with pytest.raises(ValueError, match="MODEL_VERSION"):
+        parse("--model-dir", "x")
 
 
 def test_model_version_env_pins_an_older_version(start_server, exported: ExportedModels):
@@ -151,3 +154,28 @@ def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, export
     predictions = np.array([p[0] for _, p in answers])
     np.testing.assert_allclose(predictions, exported.expected(images), atol=1e-5)
     assert server.process.wait(timeout=20) == 0
+
+
+def test_a_version_that_cannot_be_loaded_exits_non_zero(tmp_path):
+    """The pod restarts (and its log says why) rather than staying up unready forever."""
+    broken = tmp_path / "mnist" / "1"
+    broken.mkdir(parents=True)
+    (broken / "metadata.json").write_text('{"classNames": []}')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubetrain.trainer.server",
+            "--model-dir",
+            str(broken.parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot load mnist version 1" in result.stderr

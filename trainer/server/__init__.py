@@ -13,10 +13,18 @@ from .config import add_serve_arguments
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    import sys
+
     from .config import ServerSettings
+
+    try:
+        settings = ServerSettings.from_args(args)
+    except ValueError as error:
+        print(f"kubetrain serve: {error}", file=sys.stderr)
+        return 2
     from .runner import run
 
-    return run(ServerSettings.from_args(args))
+    return run(settings)
 
 
 __all__ = ["add_serve_arguments", "serve"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8501
+VERSION_ENV = "MODEL_VERSION"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -30,13 +31,20 @@ class ServerSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerSettings:
+        """Settings from parsed flags; `ValueError` if MODEL_VERSION is not a version."""
         model_dir = Path(args.model_dir)
+        version = args.model_version
+        if version is None:
+            try:
+                version = _version(os.environ.get(VERSION_ENV, "").strip())
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"{VERSION_ENV}: {error}") from None
         return cls(
             model_dir=model_dir,
             model_name=args.model_name or model_dir.resolve().name,
             host=args.host,
             port=args.port,
-            model_version=args.model_version,
+            model_version=version,
             enable_batching=args.enable_batching,
             max_batch_size=args.max_batch_size,
             batch_timeout_micros=args.batch_timeout_micros,
@@ -89,8 +97,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-version",
         type=_version,
-        default=_version(os.environ.get("MODEL_VERSION", "")),
-        help="serve this version instead of the highest one (env MODEL_VERSION)",
+        default=None,
+        help=f"serve this version instead of the highest one (default: env {VERSION_ENV})",
     )
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument(
