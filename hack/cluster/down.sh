@@ -32,7 +32,7 @@ done
 
 # Every pod process lives in the kubelet's kubepods cgroups: kill them by PID.
 pod_pids() { cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
-  /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u; }
+  /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u || true; }
 for _ in $(seq 50); do
   pids="$(pod_pids)"
   [[ -z ${pids} ]] && break
@@ -71,7 +71,7 @@ fi
 iptables -F KUBETRAIN-ISOLATE 2>/dev/null && iptables -X KUBETRAIN-ISOLATE 2>/dev/null || true
 
 # Mounts left by the kubelet (volumes) and containerd (rootfs, shm, netns).
-findmnt -rn -o TARGET | grep -E "^(${KT_STATE}|${KT_RUN})/" | sort -r | while read -r m; do
+{ findmnt -rn -o TARGET | grep -E "^(${KT_STATE}|${KT_RUN})/" || true; } | sort -r | while read -r m; do
   umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || true
 done
 

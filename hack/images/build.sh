@@ -42,11 +42,28 @@ cp -r "${KT_ROOT}/pyproject.toml" "${KT_ROOT}/trainer" "${KT_ROOT}/operator" "${
 [[ -f ${KT_ROOT}/README.md ]] && cp "${KT_ROOT}/README.md" "${ctx}/"
 find "${ctx}" -name __pycache__ -prune -exec rm -rf {} +
 
+# pip inside the build trusts what pip on this machine trusts (a site may put a
+# TLS proxy in front of the package index) and uses the same index. Both are
+# mounted for RUN steps only and never end up in the image.
+build_mounts=()
+host_bundle="$(pip config get global.cert 2>/dev/null || true)"
+host_bundle="${PIP_CERT:-${host_bundle:-/etc/ssl/certs/ca-certificates.crt}}"
+if [[ -f ${host_bundle} ]]; then
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"${ctx}.pip.conf"
+  index="$(pip config get global.index-url 2>/dev/null || true)"
+  index="${PIP_INDEX_URL:-${index}}"
+  [[ -n ${index} ]] && printf 'index-url = %s\n' "${index}" >>"${ctx}.pip.conf"
+  build_mounts+=(--volume "${host_bundle}:/etc/ssl/certs/ca-certificates.crt:ro"
+    --volume "${ctx}.pip.conf:/etc/pip.conf:ro")
+fi
+trap 'rm -rf "${ctx}" "${ctx}.pip.conf"' EXIT
+
 for name in operator trainer; do
   image="localhost/kubetrain-${name}:dev"
   log "building ${image}"
-  podman build --quiet --pull=never --build-arg "BASE=${BASE_IMAGE}" \
-    -f "${KT_ROOT}/Dockerfile.${name}" -t "${image}" "${ctx}" >/dev/null
+  podman build --quiet --pull=never --build-arg "BASE=${BASE_IMAGE}" "${build_mounts[@]}" \
+    -f "${KT_ROOT}/Dockerfile.${name}" -t "${image}" "${ctx}" >"${KT_CACHE}/images/${name}.log" 2>&1 ||
+    die "podman build of ${image} failed, see ${KT_CACHE}/images/${name}.log"
 done
 
 # --- into the cluster -------------------------------------------------------------
