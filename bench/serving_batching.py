@@ -36,6 +36,11 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float = float("nan")  # the server process's CPU time while measured
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_seconds / self.requests * 1000 if self.requests else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -126,6 +131,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: a cost per request that other load cannot inflate
+    as much as it inflates wall-clock numbers on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(model_dir: Path, port: int, flags: list[str]) -> subprocess.Popen:
@@ -241,7 +256,11 @@ def main() -> int:
             process = start_server(model_dir, port, flags)
             try:
                 drive(port, name, body, 4, 0.5)  # warm up connections and threads
-                runs[label] = {c: drive(port, name, body, c, args.duration) for c in levels}
+                runs[label] = {}
+                for c in levels:
+                    before = process_cpu_seconds(process.pid)
+                    runs[label][c] = drive(port, name, body, c, args.duration)
+                    runs[label][c].cpu_seconds = process_cpu_seconds(process.pid) - before
             finally:
                 process.terminate()
                 process.wait(60)
@@ -266,7 +285,7 @@ def report(args, name, raw: Result, raw_rows, runs, levels) -> None:
     header = (
         f"{'clients':>7} | {'on req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | "
         f"{'off req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'on/off':>6} | "
-        f"{'on/raw-batched':>14} | errors"
+        f"{'on/raw-batched':>14} | {'cpu ms/req on':>13} {'off':>5} | errors"
     )
     print(header)
     print("-" * len(header))
@@ -278,6 +297,7 @@ def report(args, name, raw: Result, raw_rows, runs, levels) -> None:
             f"{on.percentile(99) * ms:>7.2f} | {off.throughput:>9.0f} "
             f"{off.percentile(50) * ms:>7.2f} {off.percentile(99) * ms:>7.2f} | "
             f"{on.throughput / off.throughput:>6.2f} | {on.throughput / limit:>14.2f} | "
+            f"{on.cpu_ms_per_request:>13.2f} {off.cpu_ms_per_request:>5.2f} | "
             f"{on.errors + off.errors}"
         )
     one = runs["on"][levels[0]]

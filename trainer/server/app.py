@@ -231,7 +231,8 @@ def create_app(state: ServerState) -> FastAPI:
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         return _error(400, _describe_validation(error))
 
-    def served(name: str, version: str | None = None) -> ServedModel:
+    def check_served(name: str, version: str | None) -> None:
+        """404 unless the URL names this server's model and (if given) its loaded version."""
         expected = state.settings.model_name
         if name != expected:
             raise NotFound(f"model {name!r} is not served here; this server serves {expected!r}")
@@ -239,6 +240,9 @@ def create_app(state: ServerState) -> FastAPI:
             raise NotFound(
                 f"version {version!r} of {name!r} is not loaded; serving version {state.version}"
             )
+
+    def served(name: str, version: str | None = None) -> ServedModel:
+        check_served(name, version)
         if state.model is None:
             raise Unavailable(state.load_error or "the model is still loading")
         return state.model
@@ -271,11 +275,7 @@ def create_app(state: ServerState) -> FastAPI:
     # Model status and metadata.
 
     def status(name: str, version: str | None) -> ModelStatusResponse:
-        expected = state.settings.model_name
-        if name != expected:
-            raise NotFound(f"model {name!r} is not served here; this server serves {expected!r}")
-        if version is not None and (not version.isdigit() or int(version) != state.version):
-            raise NotFound(f"version {version!r} of {name!r} is not loaded")
+        check_served(name, version)
         if state.load_error is not None:
             entry = ModelVersionStatus(
                 version=str(state.version),
