@@ -15,6 +15,7 @@ import pytest
 from conftest import ExportedModels, pattern_images
 from kubetrain.trainer.server import add_serve_arguments
 from kubetrain.trainer.server.config import ServerSettings
+from prometheus_client.parser import text_string_to_metric_families
 
 PREDICT = "/v1/models/mnist:predict"
 
@@ -80,7 +81,7 @@ def test_nothing_to_serve_exits_with_a_message(exported: ExportedModels, tmp_pat
 
 def test_sigterm_under_load_fails_no_request(start_server, exported: ExportedModels):
     """Clients stop sending once readiness fails, as the endpoints controller makes them."""
-    delay, drain = 1.5, 10.0
+    delay, drain = 2.5, 10.0
     server = start_server(
         exported.model_dir, "--shutdown-delay", str(delay), "--drain-timeout", str(drain)
     ).wait_ready()
@@ -121,9 +122,16 @@ def test_sigterm_under_load_fails_no_request(start_server, exported: ExportedMod
     failures = [outcome for _, outcome in outcomes if outcome != 200]
     assert failures == []
     assert any(at > terminated_at for at, _ in outcomes), "no request was served while draining"
-    assert not_ready_at - terminated_at < 1.0
+    assert not_ready_at - terminated_at < delay
     assert exit_code == 0
     assert exited_after < delay + drain
+
+
+def in_flight(client: httpx.Client) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == "kubetrain_serving_requests_in_flight":
+            return family.samples[0].value
+    raise AssertionError("no in-flight gauge")
 
 
 def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, exported):
@@ -133,7 +141,7 @@ def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, export
         "--max-batch-size",
         "64",
         "--batch-timeout-micros",
-        "2000000",  # the first batch waits 2 s for company
+        "3000000",  # the first batch waits 3 s for company
         "--drain-timeout",
         "15",
     ).wait_ready()
@@ -144,10 +152,11 @@ def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, export
             response = client.post(PREDICT, json={"instances": images[i : i + 1].tolist()})
             return response.status_code, response.json()["predictions"]
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=server.url) as scraper:
         pending = [pool.submit(predict, i) for i in range(4)]
-        time.sleep(0.7)
-        assert not any(p.done() for p in pending)
+        while in_flight(scraper) < 4 + 1:  # the scrape counts itself
+            assert not any(p.done() for p in pending)
+            time.sleep(0.05)
         server.terminate()
         answers = [p.result(timeout=30) for p in pending]
     assert [status for status, _ in answers] == [200] * 4

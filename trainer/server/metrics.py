@@ -40,6 +40,11 @@ class ServerMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "kubetrain_serving_requests_in_flight",
+            "Requests being handled now (a scrape counts itself).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "kubetrain_serving_ready",
             "1 while the model is loaded, warmed up and the server is not draining.",

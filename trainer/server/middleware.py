@@ -108,9 +108,11 @@ class ObserveRequests:
                     ]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(
