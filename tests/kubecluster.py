@@ -107,14 +107,14 @@ def kubeconfig(kube_cluster: Cluster) -> str:
 
 
 def kubectl_binary() -> str:
-    """kubectl from PATH, else the one the local cluster built."""
-    found = shutil.which("kubectl")
-    if found:
-        return found
+    """The kubectl the local cluster built (same release), else kubectl from PATH."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     built = Path(os.environ.get("KUBETRAIN_CACHE", cache / "kubetrain")) / "bin/current/kubectl"
     if built.exists():
         return str(built)
+    found = shutil.which("kubectl")
+    if found:
+        return found
     pytest.fail("kubectl not found on PATH and the local cluster has not built one")
 
 

@@ -10,6 +10,9 @@ quiet=false
 say() { $quiet || log "$@"; }
 export PATH="${KT_BIN}:${PATH}"
 
+# running PID: alive and not a zombie waiting for init to reap it.
+running() { [[ -r /proc/$1/stat ]] && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+
 # stop NAME: TERM the recorded PID if it is still that program, then KILL.
 stop() {
   local name=$1 pidfile="${KT_RUN}/$1.pid" pid
@@ -18,9 +21,9 @@ stop() {
   if [[ -r /proc/${pid}/cmdline ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "${name}"; then
     say "stopping ${name} (${pid})"
     kill -TERM "${pid}" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 100); do running "${pid}" || break; sleep 0.1; done
     kill -KILL "${pid}" 2>/dev/null || true
-    while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+    while running "${pid}"; do sleep 0.1; done
   fi
   rm -f "${pidfile}"
 }

@@ -99,6 +99,9 @@ state = "${KT_RUN}/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "${KT_PAUSE_IMAGE}"
   disable_apparmor = true
+  # Without CAP_SYS_RESOURCE (as on these VMs) runc cannot lower a process's
+  # oom_score_adj and fails to start it; clamp to containerd's own value.
+  restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -138,6 +141,7 @@ start kube-apiserver kube-apiserver \
   --kubelet-client-certificate "${pki}/apiserver-kubelet-client.crt" \
   --kubelet-client-key "${pki}/apiserver-kubelet-client.key" \
   --kubelet-certificate-authority "${pki}/ca.crt" \
+  --kubelet-preferred-address-types InternalIP \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "${pki}/sa.pub" --service-account-signing-key-file "${pki}/sa.key" \
   --service-cluster-ip-range "${KT_SERVICE_CIDR}" \
@@ -204,6 +208,7 @@ kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: ${pki}/kube-proxy.kubeconfig}
 hostnameOverride: ${KT_NODE_NAME}
 mode: iptables
+oomScoreAdj: 0
 clusterCIDR: ${KT_POD_CIDR}
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:10256
