@@ -64,10 +64,23 @@ for c in kube-apiserver etcd; do
   stop "${c}"
 done
 
-# kube-proxy's own cleanup removes its iptables chains.
-if [[ -x "${KT_BIN}/kube-proxy" ]] && iptables -S 2>/dev/null | grep -q KUBE-; then
-  kube-proxy --cleanup >/dev/null 2>&1 || true
-fi
+# The KUBE-* chains kube-proxy and the kubelet made, in every table.
+remove_kube_chains() {
+  local ipt=$1 table rule chain
+  command -v "${ipt}" >/dev/null || return 0
+  for table in filter nat mangle; do
+    { "${ipt}-save" -t "${table}" 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' || true; } |
+      sed 's/^-A /-D /' | while read -r rule; do eval "${ipt} -t ${table} ${rule}" 2>/dev/null || true; done
+    for chain in $("${ipt}-save" -t "${table}" 2>/dev/null | grep -oE '^:KUBE-[A-Za-z0-9-]+' | tr -d : || true); do
+      "${ipt}" -t "${table}" -F "${chain}" 2>/dev/null || true
+    done
+    for chain in $("${ipt}-save" -t "${table}" 2>/dev/null | grep -oE '^:KUBE-[A-Za-z0-9-]+' | tr -d : || true); do
+      "${ipt}" -t "${table}" -X "${chain}" 2>/dev/null || true
+    done
+  done
+}
+remove_kube_chains iptables
+remove_kube_chains ip6tables
 if iptables -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null; then
   iptables -D FORWARD -j KUBETRAIN-ISOLATE
 fi

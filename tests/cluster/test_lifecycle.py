@@ -31,7 +31,7 @@ def alive(pid: int) -> bool:
 def cluster_processes() -> dict[int, str]:
     """Every live process that belongs to the local cluster, found from /proc."""
     found: dict[int, str] = {}
-    sock = str(STATE / "run" / "containerd")
+    state = str(STATE)  # containerd's config and the shims' socket live here
     bins = str(CACHE / "bin")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or not alive(int(proc.name)):
@@ -42,7 +42,7 @@ def cluster_processes() -> dict[int, str]:
             cgroups = (proc / "cgroup").read_text()
         except OSError:
             continue
-        if exe.startswith(bins) or sock in cmdline or "/kubepods" in cgroups:
+        if exe.startswith(bins) or state in cmdline or "/kubepods" in cgroups:
             found[int(proc.name)] = cmdline.strip()[:120]
     return found
 
@@ -51,6 +51,7 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
     if not kube_cluster.local:
         pytest.skip("only the local cluster is stopped by make cluster-down")
     # A running pod, so there are containers and shims to clean up too.
+    kubectl("delete", "pod", "bystander", "-n", "default", "--ignore-not-found", "--wait")
     kubectl("run", "bystander", "-n", "default", "--image=localhost/kubetrain-busybox:1",
             "--image-pull-policy=Never", "--restart=Never", "--command", "--", "sleep", "3600")
     kubectl("wait", "-n", "default", "--for=condition=Ready", "pod/bystander", "--timeout=120s")
@@ -67,6 +68,10 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
         assert cluster_processes() == {}
         assert not list(Path("/sys/fs/cgroup").glob("*/kubepods")), "kubepods cgroups remain"
         assert subprocess.run(["ip", "link", "show", "kt0"], capture_output=True).returncode != 0
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert "KUBE" not in rules, "iptables chains of the cluster remain"
+        mounts = Path("/proc/self/mounts").read_text()
+        assert str(STATE) not in mounts, "mounts of the cluster remain"
     finally:
         # Bring it back for the rest of the session; the kubeconfig stays valid.
         assert start_local_cluster() == kube_cluster.kubeconfig
