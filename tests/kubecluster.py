@@ -145,8 +145,12 @@ class Kubectl:
         return json.loads(self(*args, "-o", "json").stdout)
 
     def apply(self, *documents: dict) -> None:
-        self("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                     "items": list(documents)}))
+        self(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)}),
+        )
 
     def wait_for(self, what: str, predicate, timeout: float = 120, interval: float = 1) -> dict:
         """Polls `kubectl get WHAT -o json` until predicate(obj) is truthy."""
@@ -159,8 +163,10 @@ class Kubectl:
                 if predicate(obj):
                     return obj
             time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen:\n"
-                             f"{json.dumps(obj.get('status', obj), indent=1)[:3000]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; last seen:\n"
+            f"{json.dumps(obj.get('status', obj), indent=1)[:3000]}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +194,9 @@ def mint_kubeconfig(cluster: Cluster, user: str, *groups: str) -> str:
         pytest.skip("minting client certificates needs the local cluster's CA")
     proc = subprocess.run(
         [str(CLUSTER_DIR / "kubeconfig.sh"), user, *groups],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return proc.stdout

@@ -81,10 +81,10 @@ remove_kube_chains() {
 }
 remove_kube_chains iptables
 remove_kube_chains ip6tables
-if iptables -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null; then
-  iptables -D FORWARD -j KUBETRAIN-ISOLATE
+if iptables -t mangle -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null; then
+  iptables -t mangle -D FORWARD -j KUBETRAIN-ISOLATE
 fi
-iptables -F KUBETRAIN-ISOLATE 2>/dev/null && iptables -X KUBETRAIN-ISOLATE 2>/dev/null || true
+iptables -t mangle -F KUBETRAIN-ISOLATE 2>/dev/null && iptables -t mangle -X KUBETRAIN-ISOLATE 2>/dev/null || true
 
 # Mounts left by the kubelet (volumes) and containerd (rootfs, shm, netns).
 { findmnt -rn -o TARGET | grep -E "^(${KT_STATE}|${KT_RUN})/" || true; } | sort -r | while read -r m; do

@@ -60,11 +60,14 @@ ip link set "${KT_BRIDGE}" up
 # the node forwards; br_netfilter lets kube-proxy's rules see bridged packets.
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
 # Nothing is forwarded between the bridge and any other interface: pods reach
-# the node and each other, never the outside.
-iptables -N KUBETRAIN-ISOLATE 2>/dev/null || iptables -F KUBETRAIN-ISOLATE
-iptables -A KUBETRAIN-ISOLATE -i "${KT_BRIDGE}" ! -o "${KT_BRIDGE}" -j DROP
-iptables -A KUBETRAIN-ISOLATE ! -i "${KT_BRIDGE}" -o "${KT_BRIDGE}" -j DROP
-iptables -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null || iptables -I FORWARD 1 -j KUBETRAIN-ISOLATE
+# the node and each other, never the outside. The mangle table sees a packet
+# before kube-proxy's ACCEPT rules in filter can, even for a Service whose
+# endpoints someone pointed outside.
+iptables -t mangle -N KUBETRAIN-ISOLATE 2>/dev/null || iptables -t mangle -F KUBETRAIN-ISOLATE
+iptables -t mangle -A KUBETRAIN-ISOLATE -i "${KT_BRIDGE}" ! -o "${KT_BRIDGE}" -j DROP
+iptables -t mangle -A KUBETRAIN-ISOLATE ! -i "${KT_BRIDGE}" -o "${KT_BRIDGE}" -j DROP
+iptables -t mangle -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null ||
+  iptables -t mangle -I FORWARD 1 -j KUBETRAIN-ISOLATE
 
 cat >"${KT_STATE}/cni/net.d/10-kubetrain.conflist" <<CNI
 {

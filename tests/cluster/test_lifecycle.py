@@ -10,14 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from kubecluster import REPO, Cluster, Kubectl, start_local_cluster
 
 pytestmark = pytest.mark.cluster
 
 STATE = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain"))
-CACHE = Path(os.environ.get("KUBETRAIN_CACHE")
-             or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetrain")
+CACHE = Path(
+    os.environ.get("KUBETRAIN_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetrain"
+)
 
 
 def alive(pid: int) -> bool:
@@ -52,8 +53,19 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
         pytest.skip("only the local cluster is stopped by make cluster-down")
     # A running pod, so there are containers and shims to clean up too.
     kubectl("delete", "pod", "bystander", "-n", "default", "--ignore-not-found", "--wait")
-    kubectl("run", "bystander", "-n", "default", "--image=localhost/kubetrain-busybox:1",
-            "--image-pull-policy=Never", "--restart=Never", "--command", "--", "sleep", "3600")
+    kubectl(
+        "run",
+        "bystander",
+        "-n",
+        "default",
+        "--image=localhost/kubetrain-busybox:1",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    )
     kubectl("wait", "-n", "default", "--for=condition=Ready", "pod/bystander", "--timeout=120s")
 
     before = cluster_processes()
@@ -61,8 +73,14 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
     assert recorded <= set(before), "a recorded component is not running"
     assert any("containerd-shim" in c for c in before.values()), before
     try:
-        down = subprocess.run(["make", "-f", "hack/cluster/cluster.mk", "cluster-down"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        down = subprocess.run(
+            ["make", "-f", "hack/cluster/cluster.mk", "cluster-down"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert down.returncode == 0, down.stderr
         assert not [pid for pid in before if alive(pid)], "processes survived cluster-down"
         assert cluster_processes() == {}

@@ -10,7 +10,6 @@ import os
 import time
 
 import pytest
-
 from kubecluster import Kubectl
 
 pytestmark = pytest.mark.cluster
@@ -36,21 +35,23 @@ def pod_failure(ns: Kubectl, selector: str) -> str:
 
 
 def test_job_runs_python_from_trainer_image(namespace: Kubectl) -> None:
-    namespace.apply({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "print-one"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"app": "print-one"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container("python", ["python3", "-c", "print(1)"])],
+    namespace.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "print-one"},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {"labels": {"app": "print-one"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [container("python", ["python3", "-c", "print(1)"])],
+                    },
                 },
             },
-        },
-    })
+        }
+    )
     try:
         job = namespace.wait_for(
             "job print-one",
@@ -70,15 +71,21 @@ def test_pod_resolves_pod_through_headless_service(namespace: Kubectl) -> None:
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": "workers"},
-            "spec": {"clusterIP": "None", "selector": {"app": "dns-target"},
-                     "ports": [{"name": "grpc", "port": 2222}]},
+            "spec": {
+                "clusterIP": "None",
+                "selector": {"app": "dns-target"},
+                "ports": [{"name": "grpc", "port": 2222}],
+            },
         },
         {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "worker-0", "labels": {"app": "dns-target"}},
-            "spec": {"hostname": "worker-0", "subdomain": "workers",
-                     "containers": [container("sleep", SLEEP)]},
+            "spec": {
+                "hostname": "worker-0",
+                "subdomain": "workers",
+                "containers": [container("sleep", SLEEP)],
+            },
         },
     )
     target = namespace.wait_for(
@@ -94,15 +101,20 @@ def test_pod_resolves_pod_through_headless_service(namespace: Kubectl) -> None:
         "        time.sleep(1)\n"
         "sys.exit(1)\n"
     )
-    namespace.apply({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "client", "labels": {"app": "dns-client"}},
-        "spec": {"restartPolicy": "Never",
-                 "containers": [container("resolve", ["python3", "-c", resolve])]},
-    })
+    namespace.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "client", "labels": {"app": "dns-client"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container("resolve", ["python3", "-c", resolve])],
+            },
+        }
+    )
     client = namespace.wait_for(
-        "pod client", lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        "pod client",
+        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
         timeout=180,
     )
     assert client["status"]["phase"] == "Succeeded", namespace("logs", "client", check=False)
@@ -110,8 +122,10 @@ def test_pod_resolves_pod_through_headless_service(namespace: Kubectl) -> None:
 
 
 def _ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in pod.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
 
 
 def test_deployment_rolls_with_max_unavailable_zero(namespace: Kubectl) -> None:
@@ -123,18 +137,22 @@ def test_deployment_rolls_with_max_unavailable_zero(namespace: Kubectl) -> None:
             "spec": {
                 "replicas": 2,
                 "selector": {"matchLabels": {"app": "web"}},
-                "strategy": {"type": "RollingUpdate",
-                             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
-                        "containers": [container(
-                            "web", SLEEP,
-                            env=[{"name": "REVISION", "value": revision}],
-                            readinessProbe={"exec": {"command": ["true"]},
-                                            "periodSeconds": 1},
-                        )],
+                        "containers": [
+                            container(
+                                "web",
+                                SLEEP,
+                                env=[{"name": "REVISION", "value": revision}],
+                                readinessProbe={"exec": {"command": ["true"]}, "periodSeconds": 1},
+                            )
+                        ],
                     },
                 },
             },
@@ -142,9 +160,12 @@ def test_deployment_rolls_with_max_unavailable_zero(namespace: Kubectl) -> None:
 
     def rolled_out(d: dict) -> bool:
         s = d.get("status", {})
-        return (s.get("observedGeneration") == d["metadata"]["generation"]
-                and s.get("updatedReplicas") == 2 and s.get("availableReplicas") == 2
-                and s.get("replicas") == 2)
+        return (
+            s.get("observedGeneration") == d["metadata"]["generation"]
+            and s.get("updatedReplicas") == 2
+            and s.get("availableReplicas") == 2
+            and s.get("replicas") == 2
+        )
 
     namespace.apply(deployment("one"))
     namespace.wait_for("deployment web", rolled_out, timeout=180)
@@ -165,8 +186,9 @@ def test_deployment_rolls_with_max_unavailable_zero(namespace: Kubectl) -> None:
 
     sets = _replicasets(namespace)
     assert len(sets) == 2, sets
-    by_revision = {rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]: rs
-                   for rs in sets}
+    by_revision = {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]: rs for rs in sets
+    }
     old, new = by_revision["1"], by_revision["2"]
     assert old["metadata"]["name"] == first[0]["metadata"]["name"]
     assert old["spec"]["replicas"] == 0
@@ -186,8 +208,10 @@ def test_persistent_volume_claim_binds(namespace: Kubectl) -> None:
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": "checkpoints"},
-            "spec": {"accessModes": ["ReadWriteOnce"],
-                     "resources": {"requests": {"storage": "64Mi"}}},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "64Mi"}},
+            },
         },
         {
             "apiVersion": "v1",
@@ -195,14 +219,21 @@ def test_persistent_volume_claim_binds(namespace: Kubectl) -> None:
             "metadata": {"name": "writer", "labels": {"app": "writer"}},
             "spec": {
                 "restartPolicy": "Never",
-                "containers": [container(
-                    "write",
-                    ["python3", "-c",
-                     "open('/data/ckpt', 'w').write('saved'); print(open('/data/ckpt').read())"],
-                    volumeMounts=[{"name": "data", "mountPath": "/data"}],
-                )],
-                "volumes": [{"name": "data",
-                             "persistentVolumeClaim": {"claimName": "checkpoints"}}],
+                "containers": [
+                    container(
+                        "write",
+                        [
+                            "python3",
+                            "-c",
+                            "open('/data/ckpt', 'w').write('saved');"
+                            " print(open('/data/ckpt').read())",
+                        ],
+                        volumeMounts=[{"name": "data", "mountPath": "/data"}],
+                    )
+                ],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "checkpoints"}}
+                ],
             },
         },
     )
@@ -211,7 +242,8 @@ def test_persistent_volume_claim_binds(namespace: Kubectl) -> None:
             "pvc checkpoints", lambda c: c.get("status", {}).get("phase") == "Bound", timeout=180
         )
         pod = namespace.wait_for(
-            "pod writer", lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            "pod writer",
+            lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
             timeout=180,
         )
     except AssertionError as err:
