@@ -9,6 +9,7 @@ quiet=false
 [[ ${1:-} == --quiet ]] && quiet=true
 say() { $quiet || log "$@"; }
 export PATH="${KT_BIN}:${PATH}"
+[[ -n ${KT_LOCKED:-} ]] || kt_lock
 
 # running PID: alive and not a zombie waiting for init to reap it.
 running() { [[ -r /proc/$1/stat ]] && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }

@@ -61,3 +61,11 @@ kt_import() {
   echo "${id}" >"${mark}"
   log "imported ${image} into the cluster"
 }
+
+# kt_lock: serialize up/down of this cluster between concurrent callers (two
+# test sessions, say). The lock is on fd 9, which started daemons must not keep.
+kt_lock() {
+  mkdir -p "${KT_STATE}"
+  exec 9>"${KT_STATE}/.lock"
+  flock 9
+}

@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ ${EUID} -eq 0 ]] || die "must run as root (it runs a kubelet and containerd)"
 KUBECONFIG_OUT="${KT_PKI}/admin.kubeconfig"
+kt_lock
 
 "${KT_CLUSTER_SRC}/deps.sh"
 "${KT_CLUSTER_SRC}/build.sh"
@@ -17,8 +18,8 @@ if "${KT_CLUSTER_SRC}/status.sh" --quiet; then
   echo "export KUBECONFIG=${KUBECONFIG_OUT}"
   exit 0
 fi
-# Leftovers of a crashed or half-started cluster.
-"${KT_CLUSTER_SRC}/down.sh" --quiet
+# Leftovers of a crashed or half-started cluster (we hold the lock already).
+KT_LOCKED=1 "${KT_CLUSTER_SRC}/down.sh" --quiet
 
 "${KT_CLUSTER_SRC}/pki.sh"
 mkdir -p "${KT_RUN}" "${KT_LOGS}" "${KT_STATE}/local-path"
@@ -32,7 +33,7 @@ pki="${KT_PKI}"
 # start NAME CMD...: run detached in its own session, log and record the PID.
 start() {
   local name=$1; shift
-  setsid "$@" >"${KT_LOGS}/${name}.log" 2>&1 </dev/null &
+  setsid "$@" >"${KT_LOGS}/${name}.log" 2>&1 </dev/null 9>&- &
   echo $! >"${KT_RUN}/${name}.pid"
 }
 
