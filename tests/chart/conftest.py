@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chartkit import Tools, install_tools
+from charttools import Tools, install_tools
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART, REPO, Tools
+from charttools import CHART, REPO, Tools
 
 RELEASE, NAMESPACE = "kubetrain", "kubetrain"
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from chartkit import CONVERTER
+from charttools import CONVERTER
 
 spec = importlib.util.spec_from_file_location("openapi2jsonschema", CONVERTER)
 assert spec and spec.loader

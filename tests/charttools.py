@@ -1,4 +1,4 @@
-"""The chart tests' tools: pinned helm and kubeconform, strict schemas made locally."""
+"""Pinned helm and kubeconform (hack/tools/install.sh) and strict local schemas, for tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "kubetrain"
 INSTALL = REPO / "hack" / "tools" / "install.sh"
 CONVERTER = REPO / "hack" / "tools" / "openapi2jsonschema.py"
