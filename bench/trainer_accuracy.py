@@ -45,7 +45,7 @@ CASES = {
         [
             f"spec.dataset.source={SHARED / 'planesnet'}",
             "spec.model.architecture=planesnet-seed",
-            "spec.training.epochs=20",
+            "spec.training.epochs=30",
             "spec.workers.replicas=1",
         ],
     ),

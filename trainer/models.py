@@ -52,16 +52,17 @@ def mnist_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
 
 
 def planesnet_seed(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """The seed's PlanesNet network: two convolutions, dropout, a softmax readout."""
+    """The seed's PlanesNet network: two convolutions, a dense layer, dropout, a readout."""
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, name="images"),
             layers.Rescaling(1 / 255),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 5, padding="same", activation="relu"),
             layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 5, padding="same", activation="relu"),
             layers.MaxPooling2D(),
             layers.Flatten(),
+            layers.Dense(1024, activation="relu"),
             layers.Dropout(0.5),
             layers.Dense(num_classes, activation="softmax"),
         ],
@@ -107,9 +108,19 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
     return BUILDERS[architecture](tuple(input_shape), num_classes)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | None = None) -> None:
+    """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given.
+
+    The schedule is a function of the optimizer's step count, which BackupAndRestore restores,
+    so a resumed job continues on the same curve.
+    """
+    rate = (
+        keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
+        if decay_steps
+        else learning_rate
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )

@@ -106,6 +106,9 @@ class Training(_Model):
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=65536, description="Global batch, split across workers.")
     learning_rate: float = Field(0.001, gt=0, le=10)
+    learning_rate_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="`cosine` decays the learning rate to zero by the last epoch."
+    )
     metric: Literal["val_accuracy", "val_loss"] = Field(
         "val_accuracy", description="Validation metric that picks the best checkpoint."
     )

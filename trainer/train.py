@@ -233,7 +233,9 @@ def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
     with strategy.scope():
         model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
-        compile_model(model, spec.training.learning_rate)
+        decay_steps = steps * spec.training.epochs
+        cosine = spec.training.learning_rate_schedule == "cosine"
+        compile_model(model, spec.training.learning_rate, decay_steps if cosine else None)
     reporter = ProgressReporter(cluster, spec.training.epochs, steps, global_batch)
     model.fit(
         strategy.distribute_datasets_from_function(lambda _: train_ds),
