@@ -25,19 +25,22 @@ class Tools:
     schema_locations: tuple[str, ...]
     env: dict[str, str]
 
-    def run(self, *args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str | Path, stdin: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(a) for a in args],
             input=stdin,
             capture_output=True,
             text=True,
             env=self.env,
-            timeout=300,
+            timeout=timeout,
             check=False,
         )
 
-    def helm_run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
-        return self.run(self.helm, *args)
+    def helm_run(self, *args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """helm; give it more time than any --timeout passed to it, so helm reports first."""
+        return self.run(self.helm, *args, timeout=timeout)
 
     def conform(self, manifests: str) -> subprocess.CompletedProcess[str]:
         locations = [arg for loc in self.schema_locations for arg in ("-schema-location", loc)]

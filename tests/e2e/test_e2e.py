@@ -43,7 +43,7 @@ class Release:
 
     def helm(self, *args: str) -> None:
         done = self.tools.helm_run(
-            *args, "--kubeconfig", self.kubeconfig, "--namespace", self.namespace
+            *args, "--kubeconfig", self.kubeconfig, "--namespace", self.namespace, timeout=600
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
