@@ -7,12 +7,15 @@
 Real pods run the real images (`make images`: localhost/kubetrain-{operator,trainer}:dev).
 The release watches only its own namespace, so operators of other tests sharing the
 cluster never see its jobs. Wall times of each step go to runs/e2e/report.json.
+
+It trains for minutes, so it runs when asked: KUBETRAIN_E2E=1 (after `make images`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +26,14 @@ import yaml
 from charttools import CHART, REPO, Tools
 from kubecluster import Kubectl
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("KUBETRAIN_E2E") != "1",
+        reason="end-to-end run on a cluster: set KUBETRAIN_E2E=1 (needs `make images`)",
+    ),
+]
 
 TRAINER_IMAGE = "localhost/kubetrain-trainer:dev"
 REPORT = REPO / "runs" / "e2e" / "report.json"
