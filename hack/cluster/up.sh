@@ -228,8 +228,8 @@ cat >"${cfg}/Corefile" <<COREFILE
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind ${KT_DNS_IP}
     errors
-    health 127.0.0.1:8080
-    ready 127.0.0.1:8181
+    health 127.0.0.1:18080
+    ready 127.0.0.1:18181
     kubernetes cluster.local in-addr.arpa ip6.arpa {
         kubeconfig ${pki}/coredns.kubeconfig
         pods insecure
@@ -245,6 +245,6 @@ start local-path-provisioner local-path-provisioner \
 
 wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/${KT_NODE_NAME}" --timeout=5s
 wait_for "default service account" 60 kubectl get serviceaccount default
-wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:8181/ready
+wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
 log "cluster up: kubectl from ${KT_BIN}"
 echo "export KUBECONFIG=${KUBECONFIG_OUT}"

@@ -32,7 +32,8 @@ def alive(pid: int) -> bool:
 def cluster_processes() -> dict[int, str]:
     """Every live process that belongs to the local cluster, found from /proc."""
     found: dict[int, str] = {}
-    state = str(STATE)  # containerd's config and the shims' socket live here
+    # containerd's config and the shims' socket; clients name only pki/ files.
+    owned = (str(STATE / "config"), str(STATE / "run"))
     bins = str(CACHE / "bin")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or not alive(int(proc.name)):
@@ -43,7 +44,9 @@ def cluster_processes() -> dict[int, str]:
             cgroups = (proc / "cgroup").read_text()
         except OSError:
             continue
-        if exe.startswith(bins) or state in cmdline or "/kubepods" in cgroups:
+        if Path(cmdline.split(" ", 1)[0]).name == "kubectl":
+            continue  # a client (perhaps another test's), not part of the cluster
+        if exe.startswith(bins) or any(p in cmdline for p in owned) or "/kubepods" in cgroups:
             found[int(proc.name)] = cmdline.strip()[:120]
     return found
 
@@ -82,7 +85,8 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
             check=False,
         )
         assert down.returncode == 0, down.stderr
-        assert not [pid for pid in before if alive(pid)], "processes survived cluster-down"
+        survivors = {pid: before[pid] for pid in before if alive(pid)}
+        assert not survivors, f"processes survived cluster-down: {survivors}"
         assert cluster_processes() == {}
         assert not list(Path("/sys/fs/cgroup").glob("*/kubepods")), "kubepods cgroups remain"
         assert subprocess.run(["ip", "link", "show", "kt0"], capture_output=True).returncode != 0
