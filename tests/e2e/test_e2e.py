@@ -87,15 +87,11 @@ def timed(times: dict[str, float], step: str, since: float) -> None:
 
 def test_1_install_makes_the_operator_ready(release: Release) -> None:
     start = time.monotonic()
-    release.helm(
-        "install",
-        release.name,
-        str(CHART),
-        "--set",
-        "watch.allNamespaces=false",
-        "--wait",
-        "--timeout",
-        "5m",
+    # No --wait: it would also wait for the models claim to bind, which a WaitForFirstConsumer
+    # StorageClass (the local cluster's, most clouds') does only once a job's pod uses it.
+    release.helm("install", release.name, str(CHART), "--set", "watch.allNamespaces=false")
+    release.kubectl(
+        "rollout", "status", f"deployment/{release.name}", "--timeout=300s", timeout=330
     )
     timed(release.times, "install_to_operator_ready_s", start)
     deployment = release.kubectl.json("get", "deployment", release.name)
