@@ -17,7 +17,7 @@ KT_PKI="${KT_STATE}/pki"
 
 export GOMODCACHE="${KT_CACHE}/go/mod"
 export GOCACHE="${KT_CACHE}/go/build"
-export GOFLAGS="-mod=mod -buildvcs=false"
+export GOFLAGS="-mod=readonly -buildvcs=false"
 
 # Addresses exist only on this machine: a bridge with no uplink, and a
 # service range that only kube-proxy's rules know.
