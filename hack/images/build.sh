@@ -35,12 +35,11 @@ if ! podman image exists "${BASE_IMAGE}"; then
 fi
 
 # --- project images ---------------------------------------------------------------
-# A context of just what the Dockerfiles copy keeps virtualenvs and data out.
-ctx="$(mktemp -d)"
-trap 'rm -rf "${ctx}"' EXIT
-cp -r "${KT_ROOT}/pyproject.toml" "${KT_ROOT}/trainer" "${KT_ROOT}/operator" "${ctx}/"
-[[ -f ${KT_ROOT}/README.md ]] && cp "${KT_ROOT}/README.md" "${ctx}/"
-find "${ctx}" -name __pycache__ -prune -exec rm -rf {} +
+mkdir -p "${KT_CACHE}/images"
+# The repo is the context, as for `docker build`; its .dockerignore keeps it small.
+ctx="${KT_ROOT}"
+pipconf="$(mktemp)"
+trap 'rm -f "${pipconf}"' EXIT
 
 # pip inside the build trusts what pip on this machine trusts (a site may put a
 # TLS proxy in front of the package index) and uses the same index. Both are
@@ -49,14 +48,13 @@ build_mounts=()
 host_bundle="$(pip config get global.cert 2>/dev/null || true)"
 host_bundle="${PIP_CERT:-${host_bundle:-/etc/ssl/certs/ca-certificates.crt}}"
 if [[ -f ${host_bundle} ]]; then
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"${ctx}.pip.conf"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"${pipconf}"
   index="$(pip config get global.index-url 2>/dev/null || true)"
   index="${PIP_INDEX_URL:-${index}}"
-  [[ -n ${index} ]] && printf 'index-url = %s\n' "${index}" >>"${ctx}.pip.conf"
+  [[ -n ${index} ]] && printf 'index-url = %s\n' "${index}" >>"${pipconf}"
   build_mounts+=(--volume "${host_bundle}:/etc/ssl/certs/ca-certificates.crt:ro"
-    --volume "${ctx}.pip.conf:/etc/pip.conf:ro")
+    --volume "${pipconf}:/etc/pip.conf:ro")
 fi
-trap 'rm -rf "${ctx}" "${ctx}.pip.conf"' EXIT
 
 for name in operator trainer; do
   image="localhost/kubetrain-${name}:dev"
