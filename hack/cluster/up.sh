@@ -59,6 +59,7 @@ ip addr replace "${KT_NODE_IP}/${KT_POD_CIDR#*/}" dev "${KT_BRIDGE}"
 ip link set "${KT_BRIDGE}" up
 # Pod-to-service traffic is DNATed on the bridge and routed back into it, so
 # the node forwards; br_netfilter lets kube-proxy's rules see bridged packets.
+modprobe -q br_netfilter 2>/dev/null || true # built in on some kernels
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
 # Nothing is forwarded between the bridge and any other interface: pods reach
 # the node and each other, never the outside. The mangle table sees a packet

@@ -251,3 +251,38 @@ def test_persistent_volume_claim_binds(namespace: Kubectl) -> None:
     assert pvc["spec"]["volumeName"]
     assert pod["status"]["phase"] == "Succeeded", namespace("logs", "writer", check=False).stdout
     assert namespace("logs", "writer").stdout.strip() == "saved"
+
+
+def test_pod_reaches_api_server_with_its_service_account_token(namespace: Kubectl) -> None:
+    # What an in-cluster client (the operator) does: the kubernetes Service's name
+    # through cluster DNS, its ClusterIP through kube-proxy, TLS with the cluster
+    # CA and a token the API server signed.
+    call = (
+        "import json, ssl, urllib.request\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "ctx = ssl.create_default_context(cafile=sa + '/ca.crt')\n"
+        "token = open(sa + '/token').read()\n"
+        "req = urllib.request.Request('https://kubernetes.default.svc/version',\n"
+        "                             headers={'Authorization': 'Bearer ' + token})\n"
+        "print(json.load(urllib.request.urlopen(req, context=ctx, timeout=30))['gitVersion'])\n"
+    )
+    namespace.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "in-cluster", "labels": {"app": "in-cluster"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container("call", ["python3", "-c", call])],
+            },
+        }
+    )
+    pod = namespace.wait_for(
+        "pod in-cluster",
+        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        timeout=180,
+    )
+    logs = namespace("logs", "in-cluster", check=False)
+    assert pod["status"]["phase"] == "Succeeded", logs.stdout + logs.stderr
+    server = namespace.json("version")["serverVersion"]["gitVersion"]
+    assert logs.stdout.strip() == server
