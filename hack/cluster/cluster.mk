@@ -17,7 +17,7 @@ cluster-down:
 
 ## cluster-status: show the cluster's processes and node
 cluster-status:
-	@$(KUBETRAIN_CLUSTER_DIR)/status.sh
+	@$(KUBETRAIN_CLUSTER_DIR)/status.sh || true
 
 ## images: build localhost/kubetrain-{operator,trainer}:dev and import them into the cluster
 images:
