@@ -100,6 +100,6 @@ if ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
   ip link delete "${KT_BRIDGE}"
 fi
 if ! findmnt -rn -o TARGET | grep -q "^${KT_RUN}/"; then
-  rm -rf "${KT_RUN}"
+  rm -rf --one-file-system "${KT_RUN}"
 fi
 say "cluster stopped"

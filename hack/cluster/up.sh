@@ -25,7 +25,7 @@ KT_LOCKED=1 "${KT_CLUSTER_SRC}/down.sh" --quiet
 mkdir -p "${KT_RUN}" "${KT_LOGS}" "${KT_STATE}/local-path"
 rm -f "${KT_LOGS}"/*.log
 # Every start is a fresh cluster; only images and volumes' data are kept.
-rm -rf "${KT_STATE}/etcd" "${KT_STATE}/kubelet" "${KT_STATE}/cni" "${KT_STATE}/config"
+rm -rf --one-file-system "${KT_STATE}/etcd" "${KT_STATE}/kubelet" "${KT_STATE}/cni" "${KT_STATE}/config"
 mkdir -p "${KT_STATE}/config" "${KT_STATE}/cni/net.d"
 cfg="${KT_STATE}/config"
 pki="${KT_PKI}"
