@@ -11,7 +11,7 @@ src="${KT_CLUSTER_SRC}"
 
 k8s="${KT_CACHE}/bin/kubernetes-${KUBE_VERSION}-$(kt_hash "${src}/go.mod" "${src}/go.sum" "${src}"/cmd/kubetrain-k8s/*.go)"
 if [[ ! -x "${k8s}/kubetrain-k8s" ]]; then
-  log "building Kubernetes ${KUBE_VERSION} (cold: ~20 min on 2 cores)"
+  log "building Kubernetes ${KUBE_VERSION} (cold: 10 to 20 min on 2 cores)"
   mkdir -p "${k8s}"
   minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
   ldflags="-s -w"

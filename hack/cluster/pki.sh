@@ -42,6 +42,17 @@ cert kube-proxy "/CN=system:kube-proxy"
 cert coredns "/CN=kubetrain:coredns"
 cert local-path-provisioner "/CN=kubetrain:local-path-provisioner"
 
+# The aggregation layer's own CA: the API server proxies to extension API
+# servers (metrics-server, say) as front-proxy-client.
+if [[ ! -f front-proxy-ca.crt ]]; then
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 -subj "/CN=kubetrain-dev-front-proxy-ca" 2>/dev/null
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout front-proxy-client.key -subj "/CN=front-proxy-client" 2>/dev/null |
+    openssl x509 -req -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -days 3650 \
+      -extfile <(printf 'extendedKeyUsage=clientAuth\n') -out front-proxy-client.crt 2>/dev/null
+fi
+
 if [[ ! -f sa.key ]]; then
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null

@@ -143,6 +143,11 @@ start kube-apiserver kube-apiserver \
   --etcd-certfile "${pki}/apiserver-etcd-client.crt" --etcd-keyfile "${pki}/apiserver-etcd-client.key" \
   --tls-cert-file "${pki}/apiserver.crt" --tls-private-key-file "${pki}/apiserver.key" \
   --client-ca-file "${pki}/ca.crt" \
+  --requestheader-client-ca-file "${pki}/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "${pki}/front-proxy-client.crt" --proxy-client-key-file "${pki}/front-proxy-client.key" \
   --kubelet-client-certificate "${pki}/apiserver-kubelet-client.crt" \
   --kubelet-client-key "${pki}/apiserver-kubelet-client.key" \
   --kubelet-certificate-authority "${pki}/ca.crt" \
