@@ -56,14 +56,29 @@ def _run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedPr
     )
 
 
-def start_local_cluster() -> str:
-    """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed."""
-    proc = _run_script("up.sh", timeout=START_TIMEOUT)
+def start_local_cluster(config: pytest.Config | None = None) -> str:
+    """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed.
+
+    With the pytest config, its progress (a cold build takes a while) goes to the
+    terminal instead of being captured.
+    """
+    capture = config.pluginmanager.getplugin("capturemanager") if config else None
+    if capture is None:
+        proc = _run_script("up.sh", timeout=START_TIMEOUT)
+    else:
+        with capture.global_and_fixture_disabled():
+            proc = subprocess.run(
+                [str(CLUSTER_DIR / "up.sh")],
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=START_TIMEOUT,
+                check=False,
+            )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("export KUBECONFIG="):
         pytest.fail(
             f"hack/cluster/up.sh failed (exit {proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+            f"{proc.stdout[-3000:]}\n{(proc.stderr or '')[-3000:]}",
             pytrace=False,
         )
     return lines[-1].removeprefix("export KUBECONFIG=")
@@ -80,7 +95,7 @@ def local_cluster_running() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[Cluster]:
+def kube_cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     """The session's cluster; see the module docstring."""
     named = os.environ.get("KUBECONFIG")
     if named:
@@ -89,7 +104,7 @@ def kube_cluster() -> Iterator[Cluster]:
     if platform.system() != "Linux" or os.geteuid() != 0:
         pytest.skip("the local cluster needs Linux and root; set KUBECONFIG to use another cluster")
     running = local_cluster_running()
-    path = start_local_cluster()
+    path = start_local_cluster(pytestconfig)
     cluster = Cluster(kubeconfig=path, local=True, started_here=not running)
     os.environ["KUBECONFIG"] = path
     try:
