@@ -2,8 +2,12 @@
 #   make -f hack/cluster/cluster.mk cluster
 # Paths are found from this file's own location, so either way works.
 
+# Included before the including Makefile's own targets, this file must not
+# become its default goal: remember the goal and restore it at the end.
+KUBETRAIN_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
+
 KUBETRAIN_CLUSTER_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
-KUBETRAIN_IMAGES_DIR := $(KUBETRAIN_CLUSTER_DIR)/../images
+KUBETRAIN_IMAGES_DIR := $(patsubst %/cluster,%/images,$(KUBETRAIN_CLUSTER_DIR))
 
 .PHONY: cluster cluster-down cluster-status images
 
@@ -22,3 +26,5 @@ cluster-status:
 ## images: build localhost/kubetrain-{operator,trainer}:dev and import them into the cluster
 images:
 	@$(KUBETRAIN_IMAGES_DIR)/build.sh
+
+.DEFAULT_GOAL := $(KUBETRAIN_SAVED_DEFAULT_GOAL)
