@@ -50,13 +50,14 @@ if [[ -S ${KT_CONTAINERD_SOCK} ]] && ctr_ version >/dev/null 2>&1; then
   for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "${t}" >/dev/null 2>&1 || true; done
   for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "${c}" >/dev/null 2>&1 || true; done
 fi
-# Shims outlive containerd by design; they record their PIDs in its state dir.
-for f in "${KT_RUN}"/containerd/io.containerd.runtime.v2.task/*/*/shim.pid; do
-  [[ -f ${f} ]] || continue
-  pid="$(<"${f}")"
-  if [[ -r /proc/${pid}/cmdline ]] && grep -qa containerd-shim "/proc/${pid}/cmdline"; then
-    say "stopping containerd shim ${pid}"
-    kill -KILL "${pid}" 2>/dev/null || true
+# Shims outlive containerd by design (and survive its crash); each names our
+# containerd's socket on its command line, which tells them from anyone else's.
+for proc in /proc/[0-9]*; do
+  cmd="$(tr '\0' ' ' <"${proc}/cmdline" 2>/dev/null)" || continue
+  # tr turned every NUL into a space, the one after the last argument too.
+  if [[ ${cmd} == *containerd-shim*" -address ${KT_CONTAINERD_SOCK} "* ]]; then
+    say "stopping containerd shim ${proc#/proc/}"
+    kill -KILL "${proc#/proc/}" 2>/dev/null || true
   fi
 done
 stop containerd
