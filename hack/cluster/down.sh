@@ -19,10 +19,11 @@ stop() {
   local name=$1 pidfile="${KT_RUN}/$1.pid" pid
   [[ -f ${pidfile} ]] || return 0
   pid="$(<"${pidfile}")"
-  if [[ -r /proc/${pid}/cmdline ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "${name}"; then
+  if [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" == *"${name}"* ]]; then
     say "stopping ${name} (${pid})"
     kill -TERM "${pid}" 2>/dev/null || true
-    for _ in $(seq 100); do running "${pid}" || break; sleep 0.1; done
+    # State is thrown away at the next start: a short grace is enough.
+    for _ in $(seq 50); do running "${pid}" || break; sleep 0.1; done
     kill -KILL "${pid}" 2>/dev/null || true
     while running "${pid}"; do sleep 0.1; done
   fi
