@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 JOB ?= examples/mnist.yaml
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint tools bench bench-serving bench-operator clean
 
 ## install: a .venv with the `kubetrain` command, TensorFlow CPU and the test tools
 install: $(VENV)/.installed
@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/kubetrain run $(JOB) $(ARGS)
 
-## test: lint, then every test (the Kubernetes ones start the local cluster when needed)
-test: install
+## test: lint, then every test; builds the images, and the Kubernetes tests start the local
+## cluster (or use the one KUBECONFIG names). PYTEST_ARGS='-m "not cluster"' skips those.
+test: install images
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -32,9 +33,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## tools: pinned helm, kubectl and kubeconform under ~/.cache/kubetrain/tools
+tools:
+	hack/tools/install.sh
+
 ## bench: accuracy and throughput on the real data in ../shared/data
 bench: install
 	$(BIN)/python bench/trainer_accuracy.py
+
+bench-serving: install
+	$(BIN)/python bench/serving_batching.py
+
+bench-operator: install
+	$(BIN)/python bench/operator_reconcile.py
 
 clean:
 	rm -rf runs .pytest_cache
