@@ -127,7 +127,7 @@ ROOT_RULES = [
         "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
         "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
         "(worker pods are named <name>-worker-<index>)",
-        "reason": "FieldValueTooLong",
+        "reason": "FieldValueInvalid",
     },
 ]
 
