@@ -11,6 +11,7 @@
 The operator runs as its own process (`python -m kubetrain.operator`) so its memory is its
 own. Worker pods get a nodeSelector no node has: they stay Pending, so this measures the
 operator and the API server, not 400 containers starting on a small node.
+Also the operator's CPU use while all N jobs sit reconciled (their timers keep ticking).
 Targets (issue 5): latency <= 2 s; 200 jobs <= 60 s; peak RSS <= 300 MB.
 """
 
@@ -40,7 +41,8 @@ CREATORS = 8  # client threads applying objects, for the operator runs and the b
 
 def document(name: str, namespace: str, replicas: int) -> dict:
     return {
-        "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "dataset": {"name": "mnist", "source": "data/mnist"},
@@ -61,8 +63,9 @@ def wait(predicate, timeout: float, interval: float = 0.05) -> float:
 
 
 def pod_count(kube: Kube, namespace: str, selector: str) -> int:
-    return len(kube.request("GET", pods_path(namespace),
-                            query={"labelSelector": selector})["items"])
+    return len(
+        kube.request("GET", pods_path(namespace), query={"labelSelector": selector})["items"]
+    )
 
 
 def direct_create(kube: Kube, namespace: str, name: str, replicas: int) -> None:
@@ -88,23 +91,36 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=2)
     args = parser.parse_args()
     kube = Kube()
-    subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(CRD)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(CRD)],
+        check=True,
+        capture_output=True,
+    )
     namespace = f"kt-bench-{uuid.uuid4().hex[:6]}"
-    kube.request("POST", "/api/v1/namespaces",
-                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
     wait(lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"), 60)
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the operator writes it to the end
-        "w", prefix="kubetrain-operator-", suffix=".log", delete=False)
+        "w", prefix="kubetrain-operator-", suffix=".log", delete=False
+    )
     env = {**os.environ, "WATCH_NAMESPACE": namespace}
-    operator = subprocess.Popen([sys.executable, "-m", "kubetrain.operator"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     tj_path = TJ.format(ns=namespace)
     try:
         # The operator is up once it has handled a first job.
@@ -117,8 +133,10 @@ def main() -> int:
             name = f"latency-{i}"
             start = time.monotonic()
             kube.request("POST", tj_path, document(name, namespace, args.replicas))
-            wait(lambda n=name: pod_count(kube, namespace, f"kubetrain.io/job={n}")
-                 == args.replicas, 60)
+            wait(
+                lambda n=name: pod_count(kube, namespace, f"kubetrain.io/job={n}") == args.replicas,
+                60,
+            )
             latencies.append(time.monotonic() - start)
             start = time.monotonic()
             direct_create(kube, namespace, f"direct-{i}", args.replicas)
@@ -129,24 +147,35 @@ def main() -> int:
         names = [f"scale-{i:03d}" for i in range(args.jobs)]
         start = time.monotonic()
         with ThreadPoolExecutor(CREATORS) as pool:
-            list(pool.map(lambda n: kube.request("POST", tj_path,
-                                                 document(n, namespace, args.replicas)), names))
+            list(
+                pool.map(
+                    lambda n: kube.request("POST", tj_path, document(n, namespace, args.replicas)),
+                    names,
+                )
+            )
         applied = time.monotonic() - start
 
         def all_reconciled() -> bool:
             items = kube.request("GET", tj_path)["items"]
-            done = [t for t in items if t["metadata"]["name"].startswith("scale-")
-                    and (t.get("status") or {}).get("launchedAttempt") == 0]
+            done = [
+                t
+                for t in items
+                if t["metadata"]["name"].startswith("scale-")
+                and (t.get("status") or {}).get("launchedAttempt") == 0
+            ]
             return len(done) == args.jobs
 
         wait(all_reconciled, 600, interval=0.5)
         scale = time.monotonic() - start
         rss = vm_hwm_mb(operator.pid)
+        # Steady state: every job's timer keeps ticking; how much CPU does that cost?
+        cpu_before, steady_start = cpu_seconds(operator.pid), time.monotonic()
+        time.sleep(10)
+        steady_cpu = (cpu_seconds(operator.pid) - cpu_before) / (time.monotonic() - steady_start)
 
         start = time.monotonic()
         with ThreadPoolExecutor(CREATORS) as pool:
-            list(pool.map(lambda n: direct_create(kube, namespace, f"d{n}", args.replicas),
-                          names))
+            list(pool.map(lambda n: direct_create(kube, namespace, f"d{n}", args.replicas), names))
         scale_baseline = time.monotonic() - start
     finally:
         # Deleting jobs needs the operator: its timers hold a finalizer until they stop.
@@ -169,6 +198,7 @@ def main() -> int:
         "direct_create_all_baseline_s": round(scale_baseline, 2),
         "scale_ratio": round(scale / scale_baseline, 2),
         "operator_peak_rss_mb": round(rss, 1),
+        "steady_state_cpu_cores": round(steady_cpu, 2),
         "targets": {"latency_s": 2, "all_reconciled_s": 60, "rss_mb": 300},
         "operator_log": log.name,
     }
