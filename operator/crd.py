@@ -69,8 +69,12 @@ def _openapi(node: Any, defs: dict[str, Any], object_defaults: bool) -> Any:
         props = {}
         for name, prop in node["properties"].items():
             prop = _openapi(prop, defs, object_defaults)
-            if (object_defaults and prop.get("type") == "object" and "properties" in prop
-                    and name not in required):
+            if (
+                object_defaults
+                and prop.get("type") == "object"
+                and "properties" in prop
+                and name not in required
+            ):
                 prop.setdefault("default", {})
             props[name] = prop
         node["properties"] = props
@@ -133,13 +137,25 @@ ROOT_RULES = [
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Workers", "type": "string", "jsonPath": ".status.workersReady",
-     "description": "Worker pods running / desired."},
+    {
+        "name": "Workers",
+        "type": "string",
+        "jsonPath": ".status.workersReady",
+        "description": "Worker pods running / desired.",
+    },
     {"name": "Epoch", "type": "string", "jsonPath": ".status.epochProgress"},
-    {"name": "Accuracy", "type": "number", "jsonPath": ".status.bestMetrics.val_accuracy",
-     "description": "Best validation accuracy so far."},
-    {"name": "Served", "type": "string", "jsonPath": ".status.served",
-     "description": "Serving deployment:model version this job promoted."},
+    {
+        "name": "Accuracy",
+        "type": "number",
+        "jsonPath": ".status.bestMetrics.val_accuracy",
+        "description": "Best validation accuracy so far.",
+    },
+    {
+        "name": "Served",
+        "type": "string",
+        "jsonPath": ".status.served",
+        "description": "Serving deployment:model version this job promoted.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -108,8 +108,10 @@ def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
 
 def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
     """What the schema cannot check: the volumes the pods need must exist."""
-    for field, claim in (("spec.storage.claimName", job.spec.storage.claim_name),
-                         ("spec.storage.dataClaimName", job.spec.storage.data_claim_name)):
+    for field, claim in (
+        ("spec.storage.claimName", job.spec.storage.claim_name),
+        ("spec.storage.dataClaimName", job.spec.storage.data_claim_name),
+    ):
         if claim and kube().get(pvc_path(namespace, claim)) is None:
             return reconcile.Problem(
                 "ClaimNotFound",
@@ -140,7 +142,8 @@ def _create_workers(
 def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) -> dict[str, Any]:
     try:
         text = kube().request(
-            "GET", pods_path(namespace, pod_name(name, 0)) + "/log",
+            "GET",
+            pods_path(namespace, pod_name(name, 0)) + "/log",
             query={"container": WORKER_CONTAINER, "tailLines": SETTINGS.log_tail_lines},
             raw=True,
         )
@@ -154,8 +157,14 @@ def _decided(
 ) -> dict[str, Any]:
     return {
         "phase": Phase.PROMOTED if promoted else Phase.SUCCEEDED,
-        "conditions": set_condition(status.get("conditions") or [], ConditionType.PROMOTED,
-                                    promoted, reason, message, now_iso(now)),
+        "conditions": set_condition(
+            status.get("conditions") or [],
+            ConditionType.PROMOTED,
+            promoted,
+            reason,
+            message,
+            now_iso(now),
+        ),
     }
 
 
@@ -176,12 +185,16 @@ def _promote(
         if not model:
             msg = "the chief's result names no exported model"
             return _decided(status, False, "NoModel", msg, now), [("Warning", "NoModel", msg)]
-        if dep is not None and (dep["metadata"].get("labels") or {}).get(
-            "app.kubernetes.io/managed-by"
-        ) != "kubetrain-operator":
+        if (
+            dep is not None
+            and (dep["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by")
+            != "kubetrain-operator"
+        ):
             msg = f"Deployment {name} exists and is not managed by kubetrain; not touching it"
-            return (_decided(status, False, "DeploymentNotManaged", msg, now),
-                    [("Warning", "DeploymentNotManaged", msg)])
+            return (
+                _decided(status, False, "DeploymentNotManaged", msg, now),
+                [("Warning", "DeploymentNotManaged", msg)],
+            )
         best = status.get("bestCheckpoint") or {}
         metric = best.get("metric") or spec.training.metric
         value = best.get("value")
@@ -195,35 +208,52 @@ def _promote(
         else:
             verdict = promotion.gate(metric, value, annotations, spec.promotion.min_improvement)
             if not verdict.promote:
-                return (_decided(status, False, verdict.reason, verdict.message, now),
-                        [("Normal", "NotPromoted", verdict.message)])
-            new = promotion.served_annotations(version, metric, value, uid,
-                                               annotations if dep else None)
+                return (
+                    _decided(status, False, verdict.reason, verdict.message, now),
+                    [("Normal", "NotPromoted", verdict.message)],
+                )
+            new = promotion.served_annotations(
+                version, metric, value, uid, annotations if dep else None
+            )
             if dep is None:
                 k.create(services_path(namespace), promotion.service(spec, namespace))
-                k.create(deployments_path(namespace), promotion.deployment(
-                    spec, namespace, version, new, SETTINGS.serving_command))
+                k.create(
+                    deployments_path(namespace),
+                    promotion.deployment(spec, namespace, version, new, SETTINGS.serving_command),
+                )
             else:
                 k.strategic_patch(path, promotion.version_patch(version, new))
-        serving = {"deployment": name, "version": version, "previousVersion": previous,
-                   "metric": metric, "value": value}
-        msg = (f"rolling {name} out to {model['name']} version {version}"
-               + (f" (serving version {previous})" if previous is not None else ""))
-        return ({"phase": Phase.PROMOTING, "promotionStartTime": now_iso(now),
-                 "serving": serving}, [("Normal", "Promoting", msg)])
+        serving = {
+            "deployment": name,
+            "version": version,
+            "previousVersion": previous,
+            "metric": metric,
+            "value": value,
+        }
+        msg = f"rolling {name} out to {model['name']} version {version}" + (
+            f" (serving version {previous})" if previous is not None else ""
+        )
+        return (
+            {"phase": Phase.PROMOTING, "promotionStartTime": now_iso(now), "serving": serving},
+            [("Normal", "Promoting", msg)],
+        )
 
     # Promoting: follow the rollout.
     serving = dict(status.get("serving") or {})
     version, previous = serving.get("version"), serving.get("previousVersion")
     if dep is None:
         msg = f"Deployment {name} was deleted during the rollout"
-        return (_decided(status, False, "DeploymentDeleted", msg, now),
-                [("Warning", "DeploymentDeleted", msg)])
+        return (
+            _decided(status, False, "DeploymentDeleted", msg, now),
+            [("Warning", "DeploymentDeleted", msg)],
+        )
     if promotion.served_version(dep) != version:
         msg = f"{name} no longer pins version {version}; another rollout replaced it"
         return _decided(status, False, "Superseded", msg, now), [("Warning", "Superseded", msg)]
     state, detail = promotion.rollout_state(
-        dep, parse_time(status.get("promotionStartTime")), now,
+        dep,
+        parse_time(status.get("promotionStartTime")),
+        now,
         spec.promotion.progress_deadline_seconds,
     )
     if state == "Progressing":
@@ -231,7 +261,8 @@ def _promote(
     if state == "Complete":
         serving["promotedAt"] = now_iso(now)
         msg = f"{name} serves version {version}" + (
-            f" (was {previous})" if previous is not None else "")
+            f" (was {previous})" if previous is not None else ""
+        )
         update = _decided(status, True, "RolledOut", msg, now)
         update.update({"serving": serving, "served": f"{name}:{version}"})
         return update, [("Normal", "Promoted", msg)]
@@ -269,9 +300,14 @@ def reconcile_job(
     status = dict(body.status)
     now = datetime.now(UTC)
     try:
-        job = parse_job({"apiVersion": raw["apiVersion"], "kind": raw["kind"],
-                         "metadata": {"name": name, "namespace": namespace},
-                         "spec": dict(body.spec)})
+        job = parse_job(
+            {
+                "apiVersion": raw["apiVersion"],
+                "kind": raw["kind"],
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": dict(body.spec),
+            }
+        )
     except SpecError as err:
         update = reconcile.reject(status, "InvalidSpec", str(err), now)
         if update.events:
@@ -296,8 +332,9 @@ def reconcile_job(
         problem = _create_workers(raw, job, plan.create, int(plan.status.get("restarts", restarts)))
         if problem is not None:
             plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
-    succeeded_now = (plan.status.get("phase") == Phase.SUCCEEDED
-                     and status.get("phase") != Phase.SUCCEEDED)
+    succeeded_now = (
+        plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED
+    )
     if plan.read_progress or succeeded_now:  # before cleanup deletes the chief and its log
         merged = {**status, **plan.status}
         progress = _progress(namespace, name, merged, job.spec.training.metric)

@@ -58,8 +58,11 @@ class Kube:
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         resp = self.rest.request(
-            method, url, headers=self._headers(content_type if body is not None else None),
-            body=body, _request_timeout=REQUEST_TIMEOUT,
+            method,
+            url,
+            headers=self._headers(content_type if body is not None else None),
+            body=body,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         data = resp.read()
         text = data.decode() if isinstance(data, bytes) else (data or "")

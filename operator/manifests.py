@@ -122,8 +122,15 @@ def worker_pod(
     volumes = [{"name": "storage", **storage}]
     mounts = [{"name": "storage", "mountPath": spec.storage.mount_path}]
     if spec.storage.data_claim_name:
-        volumes.append({"name": "data", "persistentVolumeClaim": {
-            "claimName": spec.storage.data_claim_name, "readOnly": True}})
+        volumes.append(
+            {
+                "name": "data",
+                "persistentVolumeClaim": {
+                    "claimName": spec.storage.data_claim_name,
+                    "readOnly": True,
+                },
+            }
+        )
         mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
     resources = {k: v for k, v in spec.workers.resources.model_dump().items() if v}
     container: dict[str, Any] = {
@@ -132,8 +139,10 @@ def worker_pod(
         "imagePullPolicy": spec.workers.image_pull_policy,
         "command": [*options.command, "--workdir", workdir, "--model-root", model_root],
         "env": [
-            {"name": "TF_CONFIG",
-             "value": tf_config(name, namespace, spec.workers.replicas, index)},
+            {
+                "name": "TF_CONFIG",
+                "value": tf_config(name, namespace, spec.workers.replicas, index),
+            },
             {"name": "KUBETRAIN_JOB", "value": job_document(job)},
             {"name": "KUBETRAIN_ATTEMPT", "value": str(attempt)},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -141,8 +150,7 @@ def worker_pod(
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
         "resources": resources,
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         # A worker that dies without writing its message still leaves its last log lines.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -38,7 +38,10 @@ def model_dir(spec: TrainingJobSpec) -> str:
 
 
 def served_annotations(
-    version: int, metric: str, value: float | None, job_uid: str,
+    version: int,
+    metric: str,
+    value: float | None,
+    job_uid: str,
     previous: dict[str, str] | None = None,
 ) -> dict[str, str | None]:
     """What the Deployment records about the version it serves and the one before it."""
@@ -65,8 +68,11 @@ def deployment(
     name = spec.serving_deployment
     labels = serving_labels(name)
     command = command or ["kubetrain", "serve"]
-    probe = {"httpGet": {"path": "/readyz", "port": SERVER_PORT}, "periodSeconds": 2,
-             "failureThreshold": 2}
+    probe = {
+        "httpGet": {"path": "/readyz", "port": SERVER_PORT},
+        "periodSeconds": 2,
+        "failureThreshold": 2,
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -90,30 +96,52 @@ def deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "containers": [{
-                        "name": SERVER_CONTAINER,
-                        "image": spec.workers.image,
-                        "imagePullPolicy": spec.workers.image_pull_policy,
-                        "command": [*command, "--model-dir", model_dir(spec),
-                                    "--port", str(SERVER_PORT)],
-                        "env": [{"name": "MODEL_VERSION", "value": str(version)}],
-                        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-                        "readinessProbe": probe,
-                        "livenessProbe": {
-                            "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-                            "periodSeconds": 10, "failureThreshold": 3,
-                            "initialDelaySeconds": 10,
-                        },
-                        "lifecycle": {"preStop": {"exec": {
-                            "command": ["sleep", str(PRESTOP_SECONDS)]}}},
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "storage",
-                                          "mountPath": spec.storage.mount_path,
-                                          "readOnly": True}],
-                    }],
-                    "volumes": [{"name": "storage", "persistentVolumeClaim": {
-                        "claimName": spec.storage.claim_name, "readOnly": True}}],
+                    "containers": [
+                        {
+                            "name": SERVER_CONTAINER,
+                            "image": spec.workers.image,
+                            "imagePullPolicy": spec.workers.image_pull_policy,
+                            "command": [
+                                *command,
+                                "--model-dir",
+                                model_dir(spec),
+                                "--port",
+                                str(SERVER_PORT),
+                            ],
+                            "env": [{"name": "MODEL_VERSION", "value": str(version)}],
+                            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+                            "readinessProbe": probe,
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+                                "periodSeconds": 10,
+                                "failureThreshold": 3,
+                                "initialDelaySeconds": 10,
+                            },
+                            "lifecycle": {
+                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {
+                                    "name": "storage",
+                                    "mountPath": spec.storage.mount_path,
+                                    "readOnly": True,
+                                }
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "storage",
+                            "persistentVolumeClaim": {
+                                "claimName": spec.storage.claim_name,
+                                "readOnly": True,
+                            },
+                        }
+                    ],
                 },
             },
         },
@@ -124,10 +152,18 @@ def version_patch(version: int, annotations: dict[str, str | None]) -> dict[str,
     """Strategic merge patch that changes the served version and nothing else in the pods."""
     return {
         "metadata": {"annotations": annotations},
-        "spec": {"template": {"spec": {"containers": [{
-            "name": SERVER_CONTAINER,
-            "env": [{"name": "MODEL_VERSION", "value": str(version)}],
-        }]}}},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": SERVER_CONTAINER,
+                            "env": [{"name": "MODEL_VERSION", "value": str(version)}],
+                        }
+                    ]
+                }
+            }
+        },
     }
 
 
@@ -136,8 +172,11 @@ def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {**serving_labels(name), **MANAGED_BY}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**serving_labels(name), **MANAGED_BY},
+        },
         "spec": {
             "selector": serving_labels(name),
             "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT}],
@@ -162,16 +201,26 @@ def gate(
         return Gate(True, "NothingServed", "no model with a recorded metric is being served")
     served = float(served_raw)
     if served_metric != metric:
-        return Gate(False, "NotComparable",
-                    f"the served model was chosen by {served_metric}, this one by {metric}")
+        return Gate(
+            False,
+            "NotComparable",
+            f"the served model was chosen by {served_metric}, this one by {metric}",
+        )
     if value is None:
         return Gate(False, "NoMetric", f"the result has no {metric}")
     if better(metric, value, served, min_improvement):
-        return Gate(True, "Better", f"{metric} {value:.4f} beats served {served:.4f}"
-                    + (f" by more than {min_improvement}" if min_improvement else ""))
-    return Gate(False, "NotBetter",
-                f"{metric} {value:.4f} does not beat served {served:.4f}"
-                + (f" by more than {min_improvement}" if min_improvement else ""))
+        return Gate(
+            True,
+            "Better",
+            f"{metric} {value:.4f} beats served {served:.4f}"
+            + (f" by more than {min_improvement}" if min_improvement else ""),
+        )
+    return Gate(
+        False,
+        "NotBetter",
+        f"{metric} {value:.4f} does not beat served {served:.4f}"
+        + (f" by more than {min_improvement}" if min_improvement else ""),
+    )
 
 
 def served_version(dep: dict[str, Any]) -> int | None:
@@ -200,13 +249,18 @@ def rollout_state(
     # Until the controller has seen this generation, its conditions describe an older rollout.
     observed = st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
     for cond in st.get("conditions") or [] if observed else []:
-        if (cond.get("type") == "Progressing" and cond.get("status") == "False"
-                and cond.get("reason") == "ProgressDeadlineExceeded"):
+        if (
+            cond.get("type") == "Progressing"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "ProgressDeadlineExceeded"
+        ):
             return "Failed", cond.get("message") or "progress deadline exceeded"
-    if (observed
-            and st.get("updatedReplicas", 0) == desired
-            and st.get("availableReplicas", 0) == desired
-            and st.get("replicas", 0) == desired):
+    if (
+        observed
+        and st.get("updatedReplicas", 0) == desired
+        and st.get("availableReplicas", 0) == desired
+        and st.get("replicas", 0) == desired
+    ):
         return "Complete", f"{desired} replica(s) updated and available"
     if started and now > started + timedelta(seconds=deadline_seconds) + ROLLOUT_SLACK:
         return "Failed", f"rollout not complete after {deadline_seconds}s"

@@ -69,9 +69,7 @@ def is_finished(spec: TrainingJobSpec, status: dict[str, Any]) -> bool:
     )
 
 
-def _deletions(
-    pods: list[dict[str, Any]], now: datetime, select: Any
-) -> list[tuple[str, int]]:
+def _deletions(pods: list[dict[str, Any]], now: datetime, select: Any) -> list[tuple[str, int]]:
     """Delete the selected pods once; force those stuck terminating on a lost node."""
     out = []
     for pod in pods:
@@ -93,6 +91,7 @@ def cleanup(
     pods: list[dict[str, Any]], policy: str, now: datetime, kill_running: bool = False
 ) -> list[tuple[str, int]]:
     """Pods to delete when the job has finished, per `cleanPodPolicy`."""
+
     def select(pod: dict[str, Any]) -> bool:
         if policy == "All":
             return True
@@ -111,8 +110,9 @@ def worker_counts(
             "desired": replicas,
             "active": phases.count("Running") + phases.count("Pending"),
             "ready": ready,
-            "succeeded": len(set(completed) | {p["index"] for p in pods
-                                               if p["phase"] == "Succeeded"}),
+            "succeeded": len(
+                set(completed) | {p["index"] for p in pods if p["phase"] == "Succeeded"}
+            ),
             "failed": phases.count("Failed"),
             "completedIndexes": sorted(completed),
         },
@@ -151,9 +151,7 @@ class _Builder:
         self.plan.events.append((type_, reason, message))
 
     def finish(self) -> Plan:
-        self.plan.status = {
-            k: v for k, v in self.new.items() if self.old.get(k) != v
-        }
+        self.plan.status = {k: v for k, v in self.new.items() if self.old.get(k) != v}
         return self.plan
 
 
@@ -241,15 +239,18 @@ def plan(
         if pod["exitCode"] == PERMANENT_EXIT_CODE:
             return fail("PermanentError", _describe_failure(pod))
 
-    completed = sorted(set(completed) | {p["index"] for p in current
-                                         if p["phase"] == "Succeeded"})
+    completed = sorted(set(completed) | {p["index"] for p in current if p["phase"] == "Succeeded"})
     chief = by_index.get(0)
     if chief is not None and chief["phase"] == "Succeeded":
         b.new["phase"] = Phase.SUCCEEDED
         b.new["completionTime"] = b.stamp
         b.condition(ConditionType.RUNNING, False, "Completed", "")
-        b.condition(ConditionType.SUCCEEDED, True, "ChiefSucceeded",
-                    "the chief finished training and exported the best model")
+        b.condition(
+            ConditionType.SUCCEEDED,
+            True,
+            "ChiefSucceeded",
+            "the chief finished training and exported the best model",
+        )
         b.event("Normal", "Succeeded", "Training finished")
         b.plan.delete = cleanup(pods, policy.clean_pod_policy, now)
         b.plan.promote = spec.promotion.enabled
@@ -257,12 +258,17 @@ def plan(
         return b.finish()
 
     failures = [_describe_failure(p) for p in current if p["phase"] == "Failed"]
-    failures += [f"{p['name']} was deleted" for p in current
-                 if p["deletionTimestamp"] and p["phase"] != "Succeeded"
-                 and p["phase"] != "Failed"]
+    failures += [
+        f"{p['name']} was deleted"
+        for p in current
+        if p["deletionTimestamp"] and p["phase"] != "Succeeded" and p["phase"] != "Failed"
+    ]
     if status.get("launchedAttempt") == restarts:
-        failures += [f"{pod_name(name, i)} disappeared" for i in range(replicas)
-                     if i not in by_index and i not in completed]
+        failures += [
+            f"{pod_name(name, i)} disappeared"
+            for i in range(replicas)
+            if i not in by_index and i not in completed
+        ]
     if failures:
         message = "; ".join(failures)
         if restarts >= policy.backoff_limit:
@@ -274,8 +280,9 @@ def plan(
         b.new["restarts"] = restarts + 1
         b.new["lastFailure"] = message
         b.condition(ConditionType.RUNNING, False, "Restarting", message)
-        b.event("Warning", "Restarting",
-                f"restart {restarts + 1} of {policy.backoff_limit}: {message}")
+        b.event(
+            "Warning", "Restarting", f"restart {restarts + 1} of {policy.backoff_limit}: {message}"
+        )
         b.plan.delete = _deletions(current, now, lambda _: True)
         b.new.update(worker_counts(replicas, [], []))
         return b.finish()
@@ -288,8 +295,12 @@ def plan(
     waiting = [p for p in current if p["phase"] == "Pending"]
     if missing or waiting:
         b.new["phase"] = Phase.PENDING
-        b.condition(ConditionType.RUNNING, False, "WorkersPending",
-                    f"{len(missing) + len(waiting)} worker pod(s) not running yet")
+        b.condition(
+            ConditionType.RUNNING,
+            False,
+            "WorkersPending",
+            f"{len(missing) + len(waiting)} worker pod(s) not running yet",
+        )
     else:
         if phase != Phase.RUNNING:
             b.event("Normal", "Running", f"All {replicas} worker pod(s) running")

@@ -21,18 +21,22 @@ def _command(variable: str, default: list[str] | None) -> list[str] | None:
 @dataclass
 class Settings:
     interval: float = field(
-        default_factory=lambda: float(os.environ.get("KUBETRAIN_RECONCILE_INTERVAL", "2")))
+        default_factory=lambda: float(os.environ.get("KUBETRAIN_RECONCILE_INTERVAL", "2"))
+    )
     """Seconds between two reconciles of one job (progress and rollout polling too)."""
     threads: int = field(default_factory=lambda: int(os.environ.get("KUBETRAIN_THREADS", "16")))
     log_tail_lines: int = 200
     worker_command: list[str] = field(
-        default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", ["kubetrain", "worker"]))
+        default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", ["kubetrain", "worker"])
+    )
     """Worker entrypoint before `--workdir DIR --model-root DIR`."""
     serving_command: list[str] = field(
-        default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", ["kubetrain", "serve"]))
+        default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", ["kubetrain", "serve"])
+    )
     """Model server entrypoint before `--model-dir DIR --port 8501`."""
     liveness_port: int | None = field(
-        default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None)
+        default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None
+    )
 
 
 SETTINGS = Settings()

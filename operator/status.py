@@ -90,8 +90,9 @@ class TrainingJobStatus(_Status):
     workers_ready: str | None = Field(None, description="`ready/desired`, for kubectl get.")
     restarts: int = Field(0, description="Job-level restarts so far; also the attempt number.")
     launched_attempt: int | None = Field(
-        None, description="Attempt whose worker pods have all been seen; a pod of it that "
-        "disappears later has failed."
+        None,
+        description="Attempt whose worker pods have all been seen; a pod of it that "
+        "disappears later has failed.",
     )
     epoch: int | None = None
     total_epochs: int | None = None
@@ -147,8 +148,13 @@ def set_condition(
         result.append(cond)
     if not found:
         result.append(
-            {"type": type_, "status": value, "reason": reason, "message": message,
-             "lastTransitionTime": now}
+            {
+                "type": type_,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+            }
         )
     return result
 
@@ -158,6 +164,7 @@ def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any
 
 
 # --- what the chief prints -------------------------------------------------------------------
+
 
 def epoch_records(log_text: str) -> list[dict[str, Any]]:
     """The chief's per-epoch JSON records in `log_text`; other lines (TF's logs) are skipped."""
@@ -194,11 +201,15 @@ def progress_update(
     best = dict(status.get("bestCheckpoint") or {})
     best_metrics = dict(status.get("bestMetrics") or {})
     for record in records:
-        values = {k: float(v) for k, v in (record.get("metrics") or {}).items()
-                  if isinstance(v, int | float)}
+        values = {
+            k: float(v)
+            for k, v in (record.get("metrics") or {}).items()
+            if isinstance(v, int | float)
+        }
         value = values.get(metric)
         if value is not None and (
-            not best or record.get("epoch") == best.get("epoch")
+            not best
+            or record.get("epoch") == best.get("epoch")
             or better(metric, value, best.get("value"))
         ):
             best = {"epoch": int(record["epoch"]), "metric": metric, "value": value}
@@ -210,8 +221,9 @@ def progress_update(
         if isinstance(total, int):
             update["totalEpochs"] = total
             update["epochProgress"] = f"{epoch}/{total}"
-    update["metrics"] = {k: float(v) for k, v in (last.get("metrics") or {}).items()
-                         if isinstance(v, int | float)}
+    update["metrics"] = {
+        k: float(v) for k, v in (last.get("metrics") or {}).items() if isinstance(v, int | float)
+    }
     if isinstance(last.get("examplesPerSecond"), int | float):
         update["examplesPerSecond"] = float(last["examplesPerSecond"])
     if best:
@@ -234,8 +246,11 @@ def parse_result(message: str | None) -> dict[str, Any] | None:
 def result_update(result: dict[str, Any], metric: str) -> dict[str, Any]:
     """Status fields for the chief's final result: the best checkpoint, test metrics, model."""
     update: dict[str, Any] = {}
-    validation = {k: float(v) for k, v in (result.get("validation") or {}).items()
-                  if isinstance(v, int | float)}
+    validation = {
+        k: float(v)
+        for k, v in (result.get("validation") or {}).items()
+        if isinstance(v, int | float)
+    }
     metric = result.get("metric") or metric
     if isinstance(result.get("bestEpoch"), int):
         checkpoint = result.get("checkpoint")
@@ -247,12 +262,16 @@ def result_update(result: dict[str, Any], metric: str) -> dict[str, Any]:
         }
     if validation:
         update["bestMetrics"] = validation
-    test = {k: float(v) for k, v in (result.get("test") or {}).items()
-            if isinstance(v, int | float)}
+    test = {
+        k: float(v) for k, v in (result.get("test") or {}).items() if isinstance(v, int | float)
+    }
     if test:
         update["testMetrics"] = test
     model = result.get("model") or {}
     if isinstance(model.get("name"), str) and isinstance(model.get("version"), int):
-        update["model"] = {"name": model["name"], "version": model["version"],
-                           "path": model.get("path")}
+        update["model"] = {
+            "name": model["name"],
+            "version": model["version"],
+            "path": model.get("path"),
+        }
     return update

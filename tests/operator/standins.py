@@ -91,8 +91,13 @@ def worker_command(
     export: bool = True,
 ) -> list[str]:
     """python3 running WORKER with its plan; `fail` = {index, epoch, code, attempts?, message?}."""
-    plan = {"epochSeconds": epoch_seconds, "valAccuracy": val_accuracy, "version": version,
-            "fail": fail, "export": export}
+    plan = {
+        "epochSeconds": epoch_seconds,
+        "valAccuracy": val_accuracy,
+        "version": version,
+        "fail": fail,
+        "export": export,
+    }
     return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{WORKER}"]
 
 

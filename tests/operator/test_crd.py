@@ -49,9 +49,14 @@ def test_defaults_enums_and_bounds_come_from_the_pydantic_spec():
     assert epochs["default"] == field.default == 5
     assert (epochs["minimum"], epochs["maximum"]) == (1, 1000)
     assert spec["properties"]["model"]["properties"]["architecture"]["enum"] == [
-        "mnist-dense", "mnist-cnn", "planesnet-seed", "planesnet-cnn"]
+        "mnist-dense",
+        "mnist-cnn",
+        "planesnet-seed",
+        "planesnet-cnn",
+    ]
     assert spec["required"] == [
-        name for name, f in TrainingJobSpec.model_fields.items() if f.is_required()]
+        name for name, f in TrainingJobSpec.model_fields.items() if f.is_required()
+    ]
     policy = spec["properties"]["runPolicy"]["properties"]["cleanPodPolicy"]
     assert (policy["enum"], policy["default"]) == (["All", "Running", "None"], "Running")
     fraction = spec["properties"]["dataset"]["properties"]["validationFraction"]

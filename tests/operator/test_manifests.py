@@ -35,8 +35,9 @@ def test_tf_config_names_every_worker_by_its_stable_dns_name_and_its_own_index()
         # The DNS name exists because hostname.subdomain matches a headless Service.
         assert pod["metadata"]["name"] == pod["spec"]["hostname"] == f"mnist-worker-{i}"
         assert pod["spec"]["subdomain"] == service["metadata"]["name"]
-        assert all(pod["metadata"]["labels"][k] == v
-                   for k, v in service["spec"]["selector"].items())
+        assert all(
+            pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items()
+        )
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
 
@@ -61,10 +62,13 @@ def test_pods_are_owned_by_the_job_and_restarted_only_by_the_operator():
 
 def test_the_pod_template_follows_the_spec():
     b = body(
-        workers={"image": "registry.example/trainer:1", "imagePullPolicy": "Always",
-                 "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
-                 "nodeSelector": {"pool": "cpu"},
-                 "tolerations": [{"key": "train", "operator": "Exists"}]},
+        workers={
+            "image": "registry.example/trainer:1",
+            "imagePullPolicy": "Always",
+            "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "train", "operator": "Exists"}],
+        },
         storage={"claimName": "models", "mountPath": "/ckpt", "dataClaimName": "datasets"},
     )
     pod = pods(b)[0]
@@ -74,12 +78,17 @@ def test_the_pod_template_follows_the_spec():
     assert container["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
     assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}
     assert pod["spec"]["tolerations"] == [{"key": "train", "operator": "Exists"}]
-    assert container["command"] == ["kubetrain", "worker", "--workdir", "/ckpt/jobs/mnist",
-                                    "--model-root", "/ckpt/models"]
+    assert container["command"] == [
+        "kubetrain",
+        "worker",
+        "--workdir",
+        "/ckpt/jobs/mnist",
+        "--model-root",
+        "/ckpt/models",
+    ]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["storage"]["persistentVolumeClaim"] == {"claimName": "models"}
-    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets",
-                                                         "readOnly": True}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["storage"]["mountPath"] == "/ckpt"
     assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
@@ -95,27 +104,49 @@ def test_without_a_claim_checkpoints_live_in_an_empty_dir():
 def test_another_worker_entrypoint_keeps_the_arguments():
     b = body()
     pod = worker_pod(b, job(b), 0, 0, WorkerOptions(["python3", "/app/fake.py"]))
-    assert pod["spec"]["containers"][0]["command"][:3] == ["python3", "/app/fake.py",
-                                                           "--workdir"]
+    assert pod["spec"]["containers"][0]["command"][:3] == ["python3", "/app/fake.py", "--workdir"]
 
 
 def test_summarize_pod_reads_the_workers_exit_and_message():
     raw = {
-        "metadata": {"name": "mnist-worker-1", "labels": {
-            "kubetrain.io/worker-index": "1", "kubetrain.io/attempt": "2"}},
-        "status": {"phase": "Failed", "containerStatuses": [{
-            "name": "worker",
-            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                                     "message": "killed\n"}}}]},
+        "metadata": {
+            "name": "mnist-worker-1",
+            "labels": {"kubetrain.io/worker-index": "1", "kubetrain.io/attempt": "2"},
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": "OOMKilled",
+                            "message": "killed\n",
+                        }
+                    },
+                }
+            ],
+        },
     }
     assert summarize_pod(raw) == {
-        "name": "mnist-worker-1", "index": 1, "attempt": 2, "phase": "Failed",
-        "exitCode": 137, "message": "killed", "reason": "OOMKilled",
+        "name": "mnist-worker-1",
+        "index": 1,
+        "attempt": 2,
+        "phase": "Failed",
+        "exitCode": 137,
+        "message": "killed",
+        "reason": "OOMKilled",
         "deletionTimestamp": None,
     }
-    evicted = {"metadata": {"name": "x", "labels": {"kubetrain.io/worker-index": "0"}},
-               "status": {"phase": "Failed", "reason": "Evicted",
-                          "message": "The node was low on resource: memory."}}
+    evicted = {
+        "metadata": {"name": "x", "labels": {"kubetrain.io/worker-index": "0"}},
+        "status": {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+        },
+    }
     summary = summarize_pod(evicted)
     assert (summary["exitCode"], summary["reason"]) == (None, "Evicted")
     assert summary["message"] == "The node was low on resource: memory."

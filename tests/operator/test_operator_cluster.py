@@ -36,17 +36,23 @@ CLAIM = "models"
 def crd(kubectl: Kubectl) -> None:
     """Applied for every test: cheap, and a test never depends on an earlier one's cluster."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "crd/trainingjobs.kubetrain.io",
-            "--timeout=60s")
+    kubectl("wait", "--for=condition=Established", "crd/trainingjobs.kubetrain.io", "--timeout=60s")
 
 
 @pytest.fixture
 def ns(namespace: Kubectl, crd: None) -> Kubectl:
     """A fresh namespace with a PVC for checkpoints and models."""
-    namespace.apply({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
-    })
+    namespace.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": CLAIM},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "64Mi"}},
+            },
+        }
+    )
     return namespace
 
 
@@ -55,8 +61,7 @@ def operator(ns: Kubectl, worker: list[str] | None = None) -> Iterator[KopfRunne
     """The operator watching `ns`, with the stand-in worker and model server."""
     SETTINGS.worker_command = worker or worker_command()
     SETTINGS.serving_command = server_command()
-    args = ["run", "--standalone", "--namespace", ns.namespace, "-m",
-            "kubetrain.operator.handlers"]
+    args = ["run", "--standalone", "--namespace", ns.namespace, "-m", "kubetrain.operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.exception
@@ -73,8 +78,12 @@ def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
     }
     for key, value in spec.items():
         body[key] = {**body.get(key, {}), **value}
-    return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": name}, "spec": body}
+    return {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 def phase_in(*phases: str):
@@ -90,8 +99,12 @@ def pods(ns: Kubectl, job: str) -> list[dict]:
 
 
 def events(ns: Kubectl, name: str) -> list[tuple[str, str]]:
-    items = ns.json("get", "events", "--field-selector",
-                    f"involvedObject.kind=TrainingJob,involvedObject.name={name}")["items"]
+    items = ns.json(
+        "get",
+        "events",
+        "--field-selector",
+        f"involvedObject.kind=TrainingJob,involvedObject.name={name}",
+    )["items"]
     return [(e["reason"], e["message"]) for e in items]
 
 
@@ -99,8 +112,12 @@ def test_apply_creates_the_headless_service_and_workers_that_can_find_each_other
     with operator(ns, worker_command(epoch_seconds=30)):
         started = time.monotonic()
         ns.apply(trainingjob("mnist", workers={"replicas": 3}))
-        ns.wait_for("pods -l kubetrain.io/job=mnist", lambda p: len(p["items"]) == 3,
-                    timeout=30, interval=0.2)
+        ns.wait_for(
+            "pods -l kubetrain.io/job=mnist",
+            lambda p: len(p["items"]) == 3,
+            timeout=30,
+            interval=0.2,
+        )
         created_in = time.monotonic() - started
         tj = ns.wait_for("tj mnist", phase_in("Running"), timeout=120)
     assert created_in < 10, created_in
@@ -112,12 +129,19 @@ def test_apply_creates_the_headless_service_and_workers_that_can_find_each_other
         config = json.loads(env["TF_CONFIG"])
         assert config["task"] == {"type": "worker", "index": index}
         assert config["cluster"]["worker"] == [
-            f"mnist-worker-{i}.mnist-workers.{ns.namespace}.svc:2222" for i in range(3)]
+            f"mnist-worker-{i}.mnist-workers.{ns.namespace}.svc:2222" for i in range(3)
+        ]
         assert pod["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
     # Each worker's stable name resolves, through the headless Service, to that pod.
-    lookup = ns("exec", "mnist-worker-0", "--", "python3", "-c",
-                "import socket; print(socket.gethostbyname("
-                f"'mnist-worker-2.mnist-workers.{ns.namespace}.svc'))").stdout.strip()
+    lookup = ns(
+        "exec",
+        "mnist-worker-0",
+        "--",
+        "python3",
+        "-c",
+        "import socket; print(socket.gethostbyname("
+        f"'mnist-worker-2.mnist-workers.{ns.namespace}.svc'))",
+    ).stdout.strip()
     assert lookup == ns.json("get", "pod", "mnist-worker-2")["status"]["podIP"]
     assert tj["status"]["workersReady"] == "3/3"
     assert condition(tj, "Running")["status"] == "True"
@@ -126,8 +150,12 @@ def test_apply_creates_the_headless_service_and_workers_that_can_find_each_other
 def test_progress_reaches_the_status_while_training_and_the_result_when_done(ns: Kubectl):
     with operator(ns, worker_command(epoch_seconds=4, val_accuracy=0.93, version=1)):
         ns.apply(trainingjob("mnist", training={"epochs": 3}))
-        tj = ns.wait_for("tj mnist", lambda t: phase_in("Running")(t)
-                         and t["status"].get("epoch", 0) >= 1, timeout=120, interval=0.5)
+        tj = ns.wait_for(
+            "tj mnist",
+            lambda t: phase_in("Running")(t) and t["status"].get("epoch", 0) >= 1,
+            timeout=120,
+            interval=0.5,
+        )
         assert tj["status"]["epochProgress"] in ("1/3", "2/3")
         assert tj["status"]["metrics"]["val_accuracy"] > 0
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
@@ -170,8 +198,12 @@ def test_exhausting_the_backoff_limit_fails_the_job(ns: Kubectl):
 
 
 def test_a_permanent_error_fails_at_once_with_the_workers_message(ns: Kubectl):
-    bad = {"index": 0, "epoch": 1, "code": 3,
-           "message": "data/mnist: train-images-idx3-ubyte: wrong magic number 2049"}
+    bad = {
+        "index": 0,
+        "epoch": 1,
+        "code": 3,
+        "message": "data/mnist: train-images-idx3-ubyte: wrong magic number 2049",
+    }
     with operator(ns, worker_command(epoch_seconds=1, fail=bad)):
         ns.apply(trainingjob("mnist"))
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
@@ -184,8 +216,9 @@ def test_a_permanent_error_fails_at_once_with_the_workers_message(ns: Kubectl):
 
 def test_the_active_deadline_fails_the_job_and_stops_its_workers(ns: Kubectl):
     with operator(ns, worker_command(epoch_seconds=60)):
-        ns.apply(trainingjob("mnist", runPolicy={"activeDeadlineSeconds": 8,
-                                                 "cleanPodPolicy": "None"}))
+        ns.apply(
+            trainingjob("mnist", runPolicy={"activeDeadlineSeconds": 8, "cleanPodPolicy": "None"})
+        )
         tj = ns.wait_for("tj mnist", phase_in("Failed"), timeout=60)
         ns.wait_for("pods -l kubetrain.io/job=mnist", lambda p: not p["items"], timeout=60)
     assert condition(tj, "Failed")["reason"] == "DeadlineExceeded"
@@ -193,13 +226,15 @@ def test_the_active_deadline_fails_the_job_and_stops_its_workers(ns: Kubectl):
 
 def test_a_finished_job_is_deleted_after_its_ttl(ns: Kubectl):
     with operator(ns, worker_command(epoch_seconds=0.5)):
-        ns.apply(trainingjob("mnist", training={"epochs": 1},
-                             runPolicy={"ttlSecondsAfterFinished": 3}))
+        ns.apply(
+            trainingjob("mnist", training={"epochs": 1}, runPolicy={"ttlSecondsAfterFinished": 3})
+        )
         ns.wait_for("tj mnist", phase_in("Succeeded"), timeout=120)
         ns.wait_for("tj", lambda lst: not lst["items"], timeout=60)
         # Owner references take the Service and pods with it.
-        ns.wait_for("pods,services -l kubetrain.io/job=mnist", lambda lst: not lst["items"],
-                    timeout=60)
+        ns.wait_for(
+            "pods,services -l kubetrain.io/job=mnist", lambda lst: not lst["items"], timeout=60
+        )
 
 
 def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
@@ -217,14 +252,19 @@ def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
     assert tj["status"]["restarts"] == 0
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"model": {"architecture": "planesnet-cnn"}}, "spec.model.architecture"),
-    ({"training": {"epochs": 0}}, "spec.training.epochs"),
-    ({"workers": {"replicas": 2, "gpus": 1}}, 'unknown field "spec.workers.gpus"'),
-    ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "spec.runPolicy.cleanPodPolicy"),
-    ({"storage": {"claimName": None}, "promotion": {"enabled": True}},
-     "spec.storage.claimName"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"architecture": "planesnet-cnn"}}, "spec.model.architecture"),
+        ({"training": {"epochs": 0}}, "spec.training.epochs"),
+        ({"workers": {"replicas": 2, "gpus": 1}}, 'unknown field "spec.workers.gpus"'),
+        ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "spec.runPolicy.cleanPodPolicy"),
+        (
+            {"storage": {"claimName": None}, "promotion": {"enabled": True}},
+            "spec.storage.claimName",
+        ),
+    ],
+)
 def test_the_api_server_refuses_an_invalid_spec_naming_the_field(
     namespace: Kubectl, crd: None, change: dict, message: str
 ):
@@ -246,9 +286,14 @@ def test_the_api_server_refuses_a_name_too_long_for_worker_pods(namespace: Kubec
 def test_a_missing_claim_is_reported_and_waited_for(namespace: Kubectl, crd: None):
     with operator(namespace, worker_command(epoch_seconds=30)):
         namespace.apply(trainingjob("mnist", storage={"claimName": "nowhere"}))
-        tj = namespace.wait_for("tj mnist", lambda t: any(
-            c["type"] == "Valid" and c["status"] == "False"
-            for c in t.get("status", {}).get("conditions", [])), timeout=60)
+        tj = namespace.wait_for(
+            "tj mnist",
+            lambda t: any(
+                c["type"] == "Valid" and c["status"] == "False"
+                for c in t.get("status", {}).get("conditions", [])
+            ),
+            timeout=60,
+        )
         assert tj["status"]["phase"] == "Pending"
         assert "'nowhere' does not exist" in condition(tj, "Valid")["message"]
         assert not pods(namespace, "mnist")
@@ -261,18 +306,38 @@ def serving_version(ns: Kubectl) -> str:
     return next(e["value"] for e in env if e["name"] == "MODEL_VERSION")
 
 
-def promote(ns: Kubectl, name: str, version: int, val_accuracy: float,
-            export: bool = True) -> dict:
+def promote(ns: Kubectl, name: str, version: int, val_accuracy: float, export: bool = True) -> dict:
     """Train (stand-in) and promote one model; returns the finished TrainingJob."""
-    with operator(ns, worker_command(epoch_seconds=0.5, val_accuracy=val_accuracy,
-                                     version=version, export=export)):
-        ns.apply(trainingjob(name, training={"epochs": 1}, workers={"replicas": 1},
-                             promotion={"enabled": True, "deployment": "digits-serving",
-                                        "replicas": 2, "progressDeadlineSeconds": 15}))
-        return ns.wait_for(f"tj {name}", lambda t: phase_in("Promoted", "Failed")(t) or (
-            phase_in("Succeeded")(t) and any(c["type"] == "Promoted"
-                                            for c in t["status"]["conditions"])),
-            timeout=240)
+    with operator(
+        ns,
+        worker_command(
+            epoch_seconds=0.5, val_accuracy=val_accuracy, version=version, export=export
+        ),
+    ):
+        ns.apply(
+            trainingjob(
+                name,
+                training={"epochs": 1},
+                workers={"replicas": 1},
+                promotion={
+                    "enabled": True,
+                    "deployment": "digits-serving",
+                    "replicas": 2,
+                    "progressDeadlineSeconds": 15,
+                },
+            )
+        )
+        return ns.wait_for(
+            f"tj {name}",
+            lambda t: (
+                phase_in("Promoted", "Failed")(t)
+                or (
+                    phase_in("Succeeded")(t)
+                    and any(c["type"] == "Promoted" for c in t["status"]["conditions"])
+                )
+            ),
+            timeout=240,
+        )
 
 
 def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_one(
@@ -316,6 +381,5 @@ def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_o
 
 
 def test_the_operator_needs_no_tensorflow():
-    code = ("import sys, kubetrain.operator.handlers; "
-            "sys.exit('tensorflow' in sys.modules)")
+    code = "import sys, kubetrain.operator.handlers; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -14,8 +14,9 @@ T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 def deployment(version: int, **promotion_spec) -> dict:
     spec = job(body(promotion={"deployment": "mnist-serving", **promotion_spec})).spec
-    return promotion.deployment(spec, "ml", version,
-                                served_annotations(version, "val_accuracy", 0.97, "uid-1"))
+    return promotion.deployment(
+        spec, "ml", version, served_annotations(version, "val_accuracy", 0.97, "uid-1")
+    )
 
 
 def strategic_merge(target: dict, patch: dict) -> dict:
@@ -39,13 +40,21 @@ def strategic_merge(target: dict, patch: dict) -> dict:
 def test_the_deployment_rolls_without_losing_capacity_and_probes_readiness():
     dep = deployment(3)
     strategy = dep["spec"]["strategy"]
-    assert strategy == {"type": "RollingUpdate",
-                        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8501}
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    assert container["command"] == ["kubetrain", "serve", "--model-dir",
-                                    "/var/lib/kubetrain/models/mnist", "--port", "8501"]
+    assert container["command"] == [
+        "kubetrain",
+        "serve",
+        "--model-dir",
+        "/var/lib/kubetrain/models/mnist",
+        "--port",
+        "8501",
+    ]
     assert container["volumeMounts"][0]["readOnly"] is True
     assert dep["spec"]["progressDeadlineSeconds"] == 300
     assert served_version(dep) == 3
@@ -100,23 +109,37 @@ def with_status(dep: dict, generation: int, **status) -> dict:
 
 def test_a_rollout_is_complete_when_every_replica_is_updated_and_available():
     dep = deployment(4)
-    done = with_status(dep, 2, observedGeneration=2, replicas=2, updatedReplicas=2,
-                       availableReplicas=2)
+    done = with_status(
+        dep, 2, observedGeneration=2, replicas=2, updatedReplicas=2, availableReplicas=2
+    )
     assert rollout_state(done, T0, T0, 300)[0] == "Complete"
-    surge = with_status(dep, 2, observedGeneration=2, replicas=3, updatedReplicas=2,
-                        availableReplicas=2)
+    surge = with_status(
+        dep, 2, observedGeneration=2, replicas=3, updatedReplicas=2, availableReplicas=2
+    )
     assert rollout_state(surge, T0, T0, 300)[0] == "Progressing"
-    unseen = with_status(dep, 3, observedGeneration=2, replicas=2, updatedReplicas=2,
-                         availableReplicas=2)
+    unseen = with_status(
+        dep, 3, observedGeneration=2, replicas=2, updatedReplicas=2, availableReplicas=2
+    )
     assert rollout_state(unseen, T0, T0, 300)[0] == "Progressing"
 
 
 def test_a_rollout_fails_on_the_controllers_deadline_but_not_on_an_older_rollouts():
-    exceeded = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                "message": 'ReplicaSet "mnist-serving-abc" has timed out progressing.'}
+    exceeded = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "mnist-serving-abc" has timed out progressing.',
+    }
     dep = deployment(4)
-    failed = with_status(dep, 2, observedGeneration=2, replicas=3, updatedReplicas=1,
-                         availableReplicas=2, conditions=[exceeded])
+    failed = with_status(
+        dep,
+        2,
+        observedGeneration=2,
+        replicas=3,
+        updatedReplicas=1,
+        availableReplicas=2,
+        conditions=[exceeded],
+    )
     state, message = rollout_state(failed, T0, T0, 300)
     assert state == "Failed" and "timed out" in message
     stale = with_status(dep, 3, observedGeneration=2, conditions=[exceeded])

@@ -11,8 +11,13 @@ from trainingjobs import body, job, pod
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def run(status: dict, pods: list[dict], now: datetime = T0, problem: Problem | None = None,
-        **spec_overrides) -> tuple[Plan, dict]:
+def run(
+    status: dict,
+    pods: list[dict],
+    now: datetime = T0,
+    problem: Problem | None = None,
+    **spec_overrides,
+) -> tuple[Plan, dict]:
     """One reconcile; returns the plan and the status after its patch is applied."""
     p = plan(job(body(**spec_overrides)).spec, "mnist", status, pods, now, problem)
     return p, {**status, **p.status}
@@ -110,8 +115,11 @@ def test_a_worker_pod_being_deleted_is_a_failure():
 
 def test_backoff_exhausted_fails_the_job_and_stops_survivors():
     status = {**running(runPolicy={"backoffLimit": 1}), "restarts": 1, "launchedAttempt": 1}
-    p, status = run(status, [pod(0, attempt=1), pod(1, "Failed", 1, exit_code=137)],
-                    runPolicy={"backoffLimit": 1})
+    p, status = run(
+        status,
+        [pod(0, attempt=1), pod(1, "Failed", 1, exit_code=137)],
+        runPolicy={"backoffLimit": 1},
+    )
     assert status["phase"] == "Failed"
     failed = get_condition(status["conditions"], "Failed")
     assert failed["reason"] == "BackoffLimitExceeded"
@@ -120,10 +128,13 @@ def test_backoff_exhausted_fails_the_job_and_stops_survivors():
 
 
 def test_a_permanent_error_fails_at_once_with_the_workers_message():
-    p, status = run(running(), [
-        pod(0, "Failed", exit_code=3, message="data/mnist: train-images: wrong magic number"),
-        pod(1),
-    ])
+    p, status = run(
+        running(),
+        [
+            pod(0, "Failed", exit_code=3, message="data/mnist: train-images: wrong magic number"),
+            pod(1),
+        ],
+    )
     assert status["phase"] == "Failed"
     assert status["restarts"] == 0
     failed = get_condition(status["conditions"], "Failed")
@@ -142,18 +153,26 @@ def test_the_chief_succeeding_succeeds_the_job_and_starts_promotion():
 
 
 def test_promotion_disabled_means_nothing_to_promote():
-    p, _ = run(running(promotion={"enabled": False}),
-               [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)],
-               promotion={"enabled": False})
+    p, _ = run(
+        running(promotion={"enabled": False}),
+        [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)],
+        promotion={"enabled": False},
+    )
     assert not p.promote
 
 
 def test_clean_pod_policy_decides_which_pods_go():
     pods = [pod(0, "Succeeded", exit_code=0), pod(1)]
-    for policy, expected in (("All", ["mnist-worker-0", "mnist-worker-1"]),
-                             ("Running", ["mnist-worker-1"]), ("None", [])):
-        p, _ = run(running(runPolicy={"cleanPodPolicy": policy}), pods,
-                   runPolicy={"cleanPodPolicy": policy})
+    for policy, expected in (
+        ("All", ["mnist-worker-0", "mnist-worker-1"]),
+        ("Running", ["mnist-worker-1"]),
+        ("None", []),
+    ):
+        p, _ = run(
+            running(runPolicy={"cleanPodPolicy": policy}),
+            pods,
+            runPolicy={"cleanPodPolicy": policy},
+        )
         assert sorted(n for n, _ in p.delete) == expected, policy
 
 

@@ -14,18 +14,27 @@ from kubetrain.operator.status import (
 
 
 def record(epoch: int, **metrics: float) -> str:
-    return json.dumps({"type": "epoch", "epoch": epoch, "totalEpochs": 5,
-                       "metrics": metrics, "examplesPerSecond": 1200.5})
+    return json.dumps(
+        {
+            "type": "epoch",
+            "epoch": epoch,
+            "totalEpochs": 5,
+            "metrics": metrics,
+            "examplesPerSecond": 1200.5,
+        }
+    )
 
 
-LOG = "\n".join([
-    "2025-01-01 12:00:00.000 I tensorflow/core/...: collective ops ready",
-    record(1, loss=0.5, accuracy=0.85, val_loss=0.30, val_accuracy=0.91),
-    "{not json",
-    '{"type": "batch", "batch": 10}',
-    record(2, loss=0.3, accuracy=0.92, val_loss=0.25, val_accuracy=0.95),
-    record(3, loss=0.2, accuracy=0.95, val_loss=0.27, val_accuracy=0.94),
-])
+LOG = "\n".join(
+    [
+        "2025-01-01 12:00:00.000 I tensorflow/core/...: collective ops ready",
+        record(1, loss=0.5, accuracy=0.85, val_loss=0.30, val_accuracy=0.91),
+        "{not json",
+        '{"type": "batch", "batch": 10}',
+        record(2, loss=0.3, accuracy=0.92, val_loss=0.25, val_accuracy=0.95),
+        record(3, loss=0.2, accuracy=0.95, val_loss=0.27, val_accuracy=0.94),
+    ]
+)
 
 
 def test_only_epoch_records_are_read_from_a_mixed_log():
@@ -59,18 +68,29 @@ def test_the_best_epoch_survives_reading_only_later_log_lines():
 
 
 def test_the_chiefs_result_becomes_best_checkpoint_test_metrics_and_model():
-    message = json.dumps({
-        "status": "Succeeded", "bestEpoch": 2, "metric": "val_accuracy",
-        "validation": {"val_accuracy": 0.95, "val_loss": 0.25},
-        "test": {"test_accuracy": 0.948, "test_loss": 0.26},
-        "model": {"name": "mnist", "version": 7, "path": "/var/lib/kubetrain/models/mnist/7"},
-    })
+    message = json.dumps(
+        {
+            "status": "Succeeded",
+            "bestEpoch": 2,
+            "metric": "val_accuracy",
+            "validation": {"val_accuracy": 0.95, "val_loss": 0.25},
+            "test": {"test_accuracy": 0.948, "test_loss": 0.26},
+            "model": {"name": "mnist", "version": 7, "path": "/var/lib/kubetrain/models/mnist/7"},
+        }
+    )
     update = result_update(parse_result(message), "val_accuracy")
-    assert update["bestCheckpoint"] == {"epoch": 2, "metric": "val_accuracy", "value": 0.95,
-                                        "path": None}
+    assert update["bestCheckpoint"] == {
+        "epoch": 2,
+        "metric": "val_accuracy",
+        "value": 0.95,
+        "path": None,
+    }
     assert update["testMetrics"] == {"test_accuracy": 0.948, "test_loss": 0.26}
-    assert update["model"] == {"name": "mnist", "version": 7,
-                               "path": "/var/lib/kubetrain/models/mnist/7"}
+    assert update["model"] == {
+        "name": "mnist",
+        "version": 7,
+        "path": "/var/lib/kubetrain/models/mnist/7",
+    }
     TrainingJobStatus.model_validate(update)
 
 

@@ -30,16 +30,29 @@ def body(name: str = "mnist", namespace: str = "ml", **spec_overrides: Any) -> d
 
 
 def job(b: dict[str, Any]) -> TrainingJob:
-    return parse_job({k: b[k] for k in ("apiVersion", "kind", "spec")}
-                     | {"metadata": {"name": b["metadata"]["name"],
-                                     "namespace": b["metadata"]["namespace"]}})
+    return parse_job(
+        {k: b[k] for k in ("apiVersion", "kind", "spec")}
+        | {"metadata": {"name": b["metadata"]["name"], "namespace": b["metadata"]["namespace"]}}
+    )
 
 
-def pod(index: int, phase: str = "Running", attempt: int = 0, exit_code: int | None = None,
-        message: str = "", reason: str | None = None, deleting: str | None = None,
-        job_name: str = "mnist") -> dict[str, Any]:
+def pod(
+    index: int,
+    phase: str = "Running",
+    attempt: int = 0,
+    exit_code: int | None = None,
+    message: str = "",
+    reason: str | None = None,
+    deleting: str | None = None,
+    job_name: str = "mnist",
+) -> dict[str, Any]:
     return {
-        "name": f"{job_name}-worker-{index}", "index": index, "attempt": attempt,
-        "phase": phase, "exitCode": exit_code, "message": message, "reason": reason,
+        "name": f"{job_name}-worker-{index}",
+        "index": index,
+        "attempt": attempt,
+        "phase": phase,
+        "exitCode": exit_code,
+        "message": message,
+        "reason": reason,
         "deletionTimestamp": deleting,
     }
