@@ -67,7 +67,7 @@ class Release:
 
 
 @pytest.fixture(scope="module")
-def release(kubeconfig: str, tools: Tools, pytestconfig: pytest.Config) -> Iterator[Release]:
+def release(kubeconfig: str, tools: Tools) -> Iterator[Release]:
     suffix = uuid.uuid4().hex[:6]
     namespace = f"kt-e2e-{suffix}"
     kubectl = Kubectl(kubeconfig)
@@ -80,11 +80,6 @@ def release(kubeconfig: str, tools: Tools, pytestconfig: pytest.Config) -> Itera
     finally:
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(rel.times, indent=1) + "\n")
-        terminal = pytestconfig.pluginmanager.getplugin("terminalreporter")
-        if terminal is not None:
-            terminal.write_line(f"\nend-to-end report ({REPORT.relative_to(REPO)}):")
-            for key, value in rel.times.items():
-                terminal.write_line(f"  {key:<40} {value}")
         # Whatever a failed test left: jobs first, while the operator can still remove
         # its finalizer from them.
         rel.kubectl("delete", "trainingjobs", "--all", "--timeout=120s", check=False)
