@@ -39,11 +39,11 @@ print("stand-in worker", index, "attempt", attempt, "from epoch", start, flush=T
 val = plan["valAccuracy"]
 for epoch in range(start, total + 1):
     time.sleep(plan["epochSeconds"])
-    fail = plan.get("fail")
-    if fail and fail["index"] == index and fail["epoch"] == epoch and (
-            fail.get("attempts") is None or attempt in fail["attempts"]):
-        print("failing with", fail["code"], flush=True)
-        finish(fail["code"], fail.get("message", "stand-in failure"))
+    stop = plan.get("stop")
+    if stop and stop["index"] == index and stop["epoch"] == epoch and (
+            stop.get("attempts") is None or attempt in stop["attempts"]):
+        print("exiting with", stop["code"], flush=True)
+        finish(stop["code"], stop.get("message", "stand-in failure" if stop["code"] else ""))
     if index == 0:
         metrics = {"loss": 1.0 / epoch, "accuracy": val - 0.01, "val_loss": 1.0 / epoch,
                    "val_accuracy": val - (total - epoch) * 0.01}
@@ -87,15 +87,19 @@ def worker_command(
     epoch_seconds: float = 1.0,
     val_accuracy: float = 0.9,
     version: int = 1,
-    fail: dict[str, Any] | None = None,
+    stop: dict[str, Any] | None = None,
     export: bool = True,
 ) -> list[str]:
-    """python3 running WORKER with its plan; `fail` = {index, epoch, code, attempts?, message?}."""
+    """python3 running WORKER with its plan.
+
+    `stop` = {index, epoch, code, attempts?, message?}: that worker exits with `code` at the
+    end of `epoch` (in the listed attempts, or every attempt).
+    """
     plan = {
         "epochSeconds": epoch_seconds,
         "valAccuracy": val_accuracy,
         "version": version,
-        "fail": fail,
+        "stop": stop,
         "export": export,
     }
     return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{WORKER}"]

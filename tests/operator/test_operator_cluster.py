@@ -174,7 +174,7 @@ def test_a_killed_worker_restarts_all_workers_which_resume(ns: Kubectl):
     kill = {"index": 1, "epoch": 2, "code": 137, "attempts": [0]}
     # The stand-in chief does not notice a dead peer (TensorFlow's would, within ~2 s), so
     # epochs are long enough for the operator to restart the job before the chief finishes.
-    with operator(ns, worker_command(epoch_seconds=4, fail=kill)):
+    with operator(ns, worker_command(epoch_seconds=4, stop=kill)):
         ns.apply(trainingjob("mnist", training={"epochs": 4}))
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=180)
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
@@ -189,7 +189,7 @@ def test_a_killed_worker_restarts_all_workers_which_resume(ns: Kubectl):
 
 def test_exhausting_the_backoff_limit_fails_the_job(ns: Kubectl):
     crash = {"index": 0, "epoch": 1, "code": 1}  # every attempt
-    with operator(ns, worker_command(epoch_seconds=1, fail=crash)):
+    with operator(ns, worker_command(epoch_seconds=1, stop=crash)):
         ns.apply(trainingjob("mnist", runPolicy={"backoffLimit": 1}))
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=180)
     assert tj["status"]["phase"] == "Failed"
@@ -204,7 +204,7 @@ def test_a_permanent_error_fails_at_once_with_the_workers_message(ns: Kubectl):
         "code": 3,
         "message": "data/mnist: train-images-idx3-ubyte: wrong magic number 2049",
     }
-    with operator(ns, worker_command(epoch_seconds=1, fail=bad)):
+    with operator(ns, worker_command(epoch_seconds=1, stop=bad)):
         ns.apply(trainingjob("mnist"))
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Failed"
@@ -212,6 +212,32 @@ def test_a_permanent_error_fails_at_once_with_the_workers_message(ns: Kubectl):
     failed = condition(tj, "Failed")
     assert failed["reason"] == "PermanentError"
     assert failed["message"].endswith("wrong magic number 2049")
+
+
+def test_a_succeeded_worker_deleted_by_someone_is_not_recreated(ns: Kubectl):
+    done_early = {"index": 1, "epoch": 1, "code": 0}
+    with operator(ns, worker_command(epoch_seconds=6, stop=done_early)):
+        ns.apply(trainingjob("mnist", training={"epochs": 3}))
+        ns.wait_for(
+            "tj mnist",
+            lambda t: t.get("status", {}).get("workers", {}).get("completedIndexes") == [1],
+            timeout=120,
+        )
+        ns("delete", "pod", "mnist-worker-1")
+        time.sleep(5)  # two reconcile ticks
+        assert [p["metadata"]["name"] for p in pods(ns, "mnist")] == ["mnist-worker-0"]
+        tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"]
+    assert tj["status"]["restarts"] == 0
+
+
+def test_clean_pod_policy_all_deletes_every_pod_when_the_job_ends(ns: Kubectl):
+    with operator(ns, worker_command(epoch_seconds=0.5)):
+        ns.apply(trainingjob("mnist", training={"epochs": 1}, runPolicy={"cleanPodPolicy": "All"}))
+        ns.wait_for("tj mnist", phase_in("Succeeded"), timeout=120)
+        ns.wait_for("pods -l kubetrain.io/job=mnist", lambda p: not p["items"], timeout=60)
+    # Only pods go; the headless Service stays until the job itself is deleted.
+    assert ns.json("get", "service", "mnist-workers")["spec"]["clusterIP"] == "None"
 
 
 def test_the_active_deadline_fails_the_job_and_stops_its_workers(ns: Kubectl):
