@@ -89,7 +89,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     objects = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _QuietTimers) for f in objects.filters):
         objects.addFilter(_QuietTimers())
-    kube()
+    global _kube
+    with _kube_lock:  # fresh credentials for every start (also of an in-process operator)
+        _kube = Kube()
 
 
 @kopf.index("pods", labels={LABEL_ROLE: "worker", LABEL_JOB: kopf.PRESENT})
