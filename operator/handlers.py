@@ -357,6 +357,10 @@ def reconcile_job(
         kube().delete(trainingjob_path(namespace, name))
     for type_, reason, message in plan.events:
         kopf.event(body, type=type_, reason=reason, message=message)
+    for key in ("metrics", "bestMetrics", "testMetrics"):  # replace, not merge, these maps
+        if isinstance(plan.status.get(key), dict):
+            stale = set(status.get(key) or {}) - set(plan.status[key])
+            plan.status[key] = {**dict.fromkeys(stale), **plan.status[key]}
     if plan.status:
         patch.status.update(plan.status)
 
