@@ -150,6 +150,15 @@ class _Builder:
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append((type_, reason, message))
 
+    def fail(self, cause: str, reason: str, message: str) -> None:
+        """Mark the job Failed; `cause` is the condition that turns False with the reason."""
+        self.new["phase"] = Phase.FAILED
+        self.new["completionTime"] = self.stamp
+        self.new["lastFailure"] = message
+        self.condition(cause, False, reason, message)
+        self.condition(ConditionType.FAILED, True, reason, message)
+        self.event("Warning", reason, message)
+
     def finish(self) -> Plan:
         self.plan.status = {k: v for k, v in self.new.items() if self.old.get(k) != v}
         return self.plan
@@ -177,12 +186,7 @@ def plan(
     completed = list((status.get("workers") or {}).get("completedIndexes") or [])
 
     def fail(reason: str, message: str, kill_running: bool = False) -> Plan:
-        b.new["phase"] = Phase.FAILED
-        b.new["completionTime"] = b.stamp
-        b.new["lastFailure"] = message
-        b.condition(ConditionType.RUNNING, False, reason, message)
-        b.condition(ConditionType.FAILED, True, reason, message)
-        b.event("Warning", reason, message)
+        b.fail(ConditionType.RUNNING, reason, message)
         b.plan.delete = cleanup(pods, policy.clean_pod_policy, now, kill_running)
         b.new.update(worker_counts(replicas, current, completed))
         return b.finish()
@@ -315,10 +319,5 @@ def reject(status: dict[str, Any], reason: str, message: str, now: datetime) -> 
     """A job whose spec does not parse (the schema let it through): Failed, Valid=False."""
     b = _Builder(status, now)
     if status.get("phase") != Phase.FAILED:
-        b.new["phase"] = Phase.FAILED
-        b.new["completionTime"] = b.stamp
-        b.new["lastFailure"] = message
-        b.condition(ConditionType.VALID, False, reason, message)
-        b.condition(ConditionType.FAILED, True, reason, message)
-        b.event("Warning", reason, message)
+        b.fail(ConditionType.VALID, reason, message)
     return b.finish()
