@@ -103,9 +103,9 @@ class ModelSpec(_Model):
 
 
 class Training(_Model):
-    epochs: int = Field(5, ge=1, le=1000)
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the training set.")
     batch_size: int = Field(128, ge=1, le=65536, description="Global batch, split across workers.")
-    learning_rate: float = Field(0.001, gt=0, le=10)
+    learning_rate: float = Field(0.001, gt=0, le=10, description="Adam's initial learning rate.")
     learning_rate_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="`cosine` decays the learning rate to zero by the last epoch."
     )
@@ -116,17 +116,29 @@ class Training(_Model):
 
 
 class ResourceRequirements(_Model):
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
+    requests: dict[str, str] = Field(default_factory=dict, description='e.g. `cpu: "1"`.')
+    limits: dict[str, str] = Field(default_factory=dict, description="e.g. `memory: 2Gi`.")
 
 
 class Workers(_Model):
     replicas: int = Field(2, ge=1, le=64, description="Worker processes (pods); 0 is the chief.")
-    image: str = Field("localhost/kubetrain-trainer:dev", min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    image: str = Field(
+        "localhost/kubetrain-trainer:dev",
+        min_length=1,
+        description="Trainer image the worker and serving pods run.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="As in a pod's container."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Each worker container's resources."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Nodes the worker pods may run on."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Taints the worker pods tolerate."
+    )
 
 
 class Storage(_Model):
@@ -135,14 +147,16 @@ class Storage(_Model):
     claim_name: str | None = Field(
         None, description="PersistentVolumeClaim holding checkpoints and exported models."
     )
-    mount_path: str = Field("/var/lib/kubetrain", pattern=r"^/")
+    mount_path: str = Field(
+        "/var/lib/kubetrain", pattern=r"^/", description="Where pods mount `claimName`."
+    )
     data_claim_name: str | None = Field(
         None, description="Optional PVC holding the dataset, mounted read-only at /data."
     )
 
 
 class Promotion(_Model):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Promote the best model when the job succeeds.")
     deployment: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
@@ -150,11 +164,13 @@ class Promotion(_Model):
         description="Serving Deployment to roll the best model out to; defaults to "
         "`<model name>-serving`.",
     )
-    replicas: int = Field(2, ge=1, le=100)
+    replicas: int = Field(2, ge=1, le=100, description="Serving pods.")
     min_improvement: float = Field(
         0.0, ge=0, description="How much the new metric must beat the served one by."
     )
-    progress_deadline_seconds: int = Field(300, ge=10)
+    progress_deadline_seconds: int = Field(
+        300, ge=10, description="Roll back if the rollout has not finished by then."
+    )
 
 
 class CleanPodPolicy(StrEnum):
@@ -165,9 +181,16 @@ class CleanPodPolicy(StrEnum):
 
 class RunPolicy(_Model):
     backoff_limit: int = Field(3, ge=0, description="Job-level restarts before Failed.")
-    active_deadline_seconds: int | None = Field(None, ge=1)
-    ttl_seconds_after_finished: int | None = Field(None, ge=0)
-    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job (DeadlineExceeded) after this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete a finished job after this long."
+    )
+    clean_pod_policy: CleanPodPolicy = Field(
+        CleanPodPolicy.RUNNING,
+        description="Which worker pods to delete when the job ends: All, Running or None.",
+    )
 
 
 class TrainingJobSpec(_Model):

@@ -75,3 +75,10 @@ def test_spec_round_trips_through_its_wire_form(job_document: dict) -> None:
     wire = spec.model_dump(by_alias=True)
     assert "batchSize" in wire["training"]
     assert TrainingJobSpec.model_validate(wire) == spec
+
+
+def test_the_readme_field_reference_is_the_generated_one() -> None:
+    from kubetrain.trainer.reference import table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert table() in readme, "run: python -m kubetrain.trainer.reference, paste into README"
