@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 JOB ?= examples/mnist.yaml
 
-.PHONY: install run test lint tools bench bench-serving bench-operator clean
+.PHONY: install run test lint demo tools bench bench-serving bench-operator clean
 
 ## install: a .venv with the `kubetrain` command, TensorFlow CPU and the test tools
 install: $(VENV)/.installed
@@ -32,6 +32,11 @@ test: install images
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## demo: the local cluster, the images, the chart, the MNIST job trained and promoted, and
+## a prediction through the serving Service
+demo:
+	hack/demo.sh
 
 ## tools: pinned helm, kubectl and kubeconform under ~/.cache/kubetrain/tools
 tools:
