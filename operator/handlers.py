@@ -72,6 +72,16 @@ class _QuietTimers(logging.Filter):
         return not (message.startswith("Timer ") and message.endswith(" succeeded."))
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod its service account; elsewhere the kubeconfig KUBECONFIG names right now.
+
+    kopf's default login goes through the kubernetes client, which reads KUBECONFIG once at
+    import time, so a KUBECONFIG set later (as a test session does) would go unseen.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Keep kopf's bookkeeping in annotations: the status schema is structural, and pruned.

@@ -8,6 +8,7 @@ patches exact: strategic merge for Deployments, JSON merge elsewhere.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,7 +30,10 @@ class Kube:
         if configuration is None:
             configuration = client.Configuration()
             try:
-                config.load_kube_config(client_configuration=configuration)
+                # The client reads KUBECONFIG once, when it is imported; read it now instead.
+                config.load_kube_config(
+                    config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+                )
             except config.ConfigException:
                 config.load_incluster_config(client_configuration=configuration)
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
