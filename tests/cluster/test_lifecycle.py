@@ -77,7 +77,7 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
     assert any("containerd-shim" in c for c in before.values()), before
     try:
         down = subprocess.run(
-            ["make", "-f", "hack/cluster/cluster.mk", "cluster-down"],
+            ["make", "--no-print-directory", "-f", "hack/cluster/cluster.mk", "cluster-down"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -98,7 +98,7 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
         # Bring it back for the rest of the session, through make as a user would:
         # the last line is the contract, and the kubeconfig stays the same.
         up = subprocess.run(
-            ["make", "-f", "hack/cluster/cluster.mk", "cluster"],
+            ["make", "--no-print-directory", "-f", "hack/cluster/cluster.mk", "cluster"],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # what a user sees, in order
