@@ -47,7 +47,7 @@ for _ in $(seq 50); do
 done
 
 ctr_() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
-if [[ -S ${KT_CONTAINERD_SOCK} ]] && ctr_ version >/dev/null 2>&1; then
+if kt_containerd_up; then
   for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "${t}" >/dev/null 2>&1 || true; done
   for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "${c}" >/dev/null 2>&1 || true; done
 fi

@@ -45,6 +45,12 @@ kt_hash() { cat "$@" | sha256sum | cut -c1-12; }
 # Where build.sh links the binaries the cluster runs.
 KT_BIN="${KT_CACHE}/bin/current"
 
+# kt_containerd_up: the cluster's containerd answers. A socket file alone says
+# nothing: one killed without cleanup (a reboot, an OOM kill) leaves it behind.
+kt_containerd_up() {
+  [[ -S ${KT_CONTAINERD_SOCK} ]] && ctr --address "${KT_CONTAINERD_SOCK}" version >/dev/null 2>&1
+}
+
 # kt_import IMAGE: copy an image from podman into the cluster's containerd
 # (namespace k8s.io) unless that very image ID is already there.
 kt_import() {

@@ -65,7 +65,7 @@ for name in operator trainer; do
 done
 
 # --- into the cluster -------------------------------------------------------------
-if [[ -S ${KT_CONTAINERD_SOCK} ]]; then
+if kt_containerd_up; then
   kt_import localhost/kubetrain-operator:dev
   kt_import localhost/kubetrain-trainer:dev
 else

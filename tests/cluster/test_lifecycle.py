@@ -5,7 +5,9 @@ It then starts the cluster again, so the rest of the session still has one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -108,3 +110,55 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
         )
         assert up.returncode == 0, up.stdout[-3000:]
         assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={kube_cluster.kubeconfig}"
+
+
+def make(target: str) -> subprocess.CompletedProcess[str]:
+    """`make TARGET` as a user runs it, output in the order the user sees it."""
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_images_and_cluster_recover_from_a_crashed_cluster(
+    kube_cluster: Cluster, kubectl: Kubectl
+) -> None:
+    """A reboot or OOM kill leaves pid files and containerd's socket behind."""
+    if not kube_cluster.local:
+        pytest.skip("only the local cluster can be crashed here")
+    crashed = cluster_processes()
+    for pid in crashed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert (STATE / "run" / "containerd" / "containerd.sock").is_socket()
+    try:
+        images = make("images")
+        assert images.returncode == 0, images.stdout[-3000:]
+        assert "cluster not running" in images.stdout
+    finally:
+        up = make("cluster")
+        assert up.returncode == 0, up.stdout[-3000:]
+        assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={kube_cluster.kubeconfig}"
+    assert not {pid for pid in crashed if alive(pid)}
+    kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
+    listed = subprocess.run(
+        [
+            "ctr",
+            "--address",
+            str(STATE / "run/containerd/containerd.sock"),
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "localhost/kubetrain-trainer:dev" in listed
