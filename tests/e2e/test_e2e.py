@@ -14,7 +14,8 @@ The release watches only its own namespace, so operators of other tests sharing 
 cluster never see its jobs. Jobs train on part of MNIST for a few epochs so the module fits
 in about ten minutes on two cores; the subsets grow from job to job (2: 6,000 images,
 3: 24,000, 6: all), so each promoted model is reliably better than the one it replaces.
-Wall times of each step and the rollout's request counts go to runs/e2e/report.json.
+Wall times of each step, the rollout's request counts and the peak CPU and memory of each
+kind of pod (`pod_usage.py`) go to runs/e2e/report.json.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 import yaml
 from charttools import CHART, REPO, Tools
 from kubecluster import Kubectl
+from pod_usage import ResourceSampler
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -75,9 +77,13 @@ def release(kubeconfig: str, tools: Tools) -> Iterator[Release]:
     rel = Release(
         f"kubetrain-{suffix}", namespace, Kubectl(kubeconfig, namespace), tools, kubeconfig
     )
+    sampler = ResourceSampler(
+        kubectl, namespace, {rel.name: "operator", SERVING: "serving"}
+    ).start()
     try:
         yield rel
     finally:
+        rel.times.update(sampler.stop())
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(rel.times, indent=1) + "\n")
         # Whatever a failed test left: jobs first, while the operator can still remove
