@@ -191,6 +191,11 @@ def better(metric: str, new: float, old: float | None, margin: float = 0.0) -> b
     return new > old + margin
 
 
+def metric_values(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric metrics of a record, to 4 decimals: what `kubectl get` shows, unpadded."""
+    return {k: round(float(v), 4) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+
+
 def progress_update(
     status: dict[str, Any], records: list[dict[str, Any]], metric: str
 ) -> dict[str, Any]:
@@ -201,11 +206,7 @@ def progress_update(
     best = dict(status.get("bestCheckpoint") or {})
     best_metrics = dict(status.get("bestMetrics") or {})
     for record in records:
-        values = {
-            k: float(v)
-            for k, v in (record.get("metrics") or {}).items()
-            if isinstance(v, int | float)
-        }
+        values = metric_values(record.get("metrics"))
         value = values.get(metric)
         if value is not None and (
             not best
@@ -221,9 +222,7 @@ def progress_update(
         if isinstance(total, int):
             update["totalEpochs"] = total
             update["epochProgress"] = f"{epoch}/{total}"
-    update["metrics"] = {
-        k: float(v) for k, v in (last.get("metrics") or {}).items() if isinstance(v, int | float)
-    }
+    update["metrics"] = metric_values(last.get("metrics"))
     if isinstance(last.get("examplesPerSecond"), int | float):
         update["examplesPerSecond"] = float(last["examplesPerSecond"])
     if best:
@@ -246,11 +245,7 @@ def parse_result(message: str | None) -> dict[str, Any] | None:
 def result_update(result: dict[str, Any], metric: str) -> dict[str, Any]:
     """Status fields for the chief's final result: the best checkpoint, test metrics, model."""
     update: dict[str, Any] = {}
-    validation = {
-        k: float(v)
-        for k, v in (result.get("validation") or {}).items()
-        if isinstance(v, int | float)
-    }
+    validation = metric_values(result.get("validation"))
     metric = result.get("metric") or metric
     if isinstance(result.get("bestEpoch"), int):
         checkpoint = result.get("checkpoint")
@@ -262,9 +257,7 @@ def result_update(result: dict[str, Any], metric: str) -> dict[str, Any]:
         }
     if validation:
         update["bestMetrics"] = validation
-    test = {
-        k: float(v) for k, v in (result.get("test") or {}).items() if isinstance(v, int | float)
-    }
+    test = metric_values(result.get("test"))
     if test:
         update["testMetrics"] = test
     model = result.get("model") or {}

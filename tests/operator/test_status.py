@@ -98,3 +98,19 @@ def test_a_message_that_is_not_a_result_is_none():
     assert parse_result("Traceback (most recent call last): ...") is None
     assert parse_result("") is None
     assert parse_result("[1, 2]") is None
+
+
+def test_metrics_are_kept_to_four_decimals_so_kubectl_get_stays_readable():
+    update = progress_update(
+        {}, epoch_records(record(1, val_accuracy=0.96705162525177)), "val_accuracy"
+    )
+    assert update["bestMetrics"]["val_accuracy"] == 0.9671
+    assert update["bestCheckpoint"]["value"] == 0.9671
+    result = {
+        "bestEpoch": 1,
+        "validation": {"val_accuracy": 0.96705162},
+        "test": {"accuracy": 0.97123},
+    }
+    final = result_update(result, "val_accuracy")
+    assert final["bestCheckpoint"]["value"] == 0.9671
+    assert final["testMetrics"] == {"accuracy": 0.9712}
