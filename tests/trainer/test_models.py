@@ -1,0 +1,50 @@
+"""The networks: raw pixels in, class probabilities out, and PlanesNet blind to a scene's light."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kubetrain.trainer.export import SIGNATURE_NAME, export_model
+from kubetrain.trainer.models import BUILDERS, build_model
+from kubetrain.trainer.spec import Architecture
+from kubetrain.trainer.tflib import tf
+
+SHAPES = {"mnist": ((28, 28, 1), 10), "planesnet": ((20, 20, 3), 2)}
+
+
+def shape_of(architecture: str) -> tuple[tuple[int, ...], int]:
+    return SHAPES[architecture.split("-")[0]]
+
+
+@pytest.mark.parametrize("architecture", [a.value for a in Architecture])
+def test_every_architecture_maps_raw_pixels_to_probabilities(architecture: str) -> None:
+    assert architecture in BUILDERS
+    shape, classes = shape_of(architecture)
+    model = build_model(architecture, shape, classes)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, *shape)).astype("float32")
+    probabilities = model(pixels, training=False).numpy()
+    assert probabilities.shape == (4, classes)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["planesnet-seed", "planesnet-cnn"])
+def test_a_planesnet_model_judges_a_chip_the_same_in_any_light(architecture: str) -> None:
+    """A darker, hazier copy of a chip (as another scene would show it) scores the same."""
+    shape, classes = shape_of(architecture)
+    model = build_model(architecture, shape, classes)
+    chip = np.random.default_rng(1).integers(40, 200, size=(1, *shape)).astype("float32")
+    hazy = chip * 0.6 + 50
+    np.testing.assert_allclose(
+        model(chip, training=False).numpy(), model(hazy, training=False).numpy(), atol=1e-5
+    )
+
+
+def test_an_exported_planesnet_model_serves_without_the_python_code(tmp_path) -> None:
+    """tf.saved_model.load needs none of this project's layer classes to run the export."""
+    shape, classes = SHAPES["planesnet"]
+    model = build_model("planesnet-seed", shape, classes)
+    exported = export_model(model, tmp_path, "planesnet", {"classNames": ["no-plane", "plane"]})
+    served = tf.saved_model.load(str(exported.path)).signatures[SIGNATURE_NAME]
+    chips = np.random.default_rng(3).integers(0, 256, size=(2, *shape)).astype("float32")
+    (answer,) = served(tf.constant(chips)).values()
+    np.testing.assert_allclose(answer.numpy(), model(chips, training=False).numpy(), atol=1e-5)
