@@ -12,7 +12,7 @@ The operator runs as its own process (`python -m kubetrain.operator`) so its mem
 own. Worker pods get a nodeSelector no node has: they stay Pending, so this measures the
 operator and the API server, not 400 containers starting on a small node.
 Also the operator's CPU use while all N jobs sit reconciled (their timers keep ticking).
-Targets (issue 5): latency <= 2 s; 200 jobs <= 60 s; peak RSS <= 300 MB.
+Targets: latency <= 2 s; 200 jobs <= 60 s; peak RSS <= 300 MB.
 """
 
 from __future__ import annotations

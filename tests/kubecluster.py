@@ -94,11 +94,36 @@ def local_cluster_running() -> bool:
     return _run_script("status.sh", "--quiet", timeout=60).returncode == 0
 
 
+OPERATOR_LABELS = "app.kubernetes.io/part-of=kubetrain,app.kubernetes.io/component=operator"
+
+
+def refuse_installed_operators(kubeconfig: str) -> None:
+    """Fails the session if a kubetrain release is installed (after `make demo`, say).
+
+    Its operator would reconcile the tests' TrainingJobs too, and two operators acting on one
+    job make failures no test could explain.
+    """
+    found = Kubectl(kubeconfig).json("get", "deployments", "-A", "-l", OPERATOR_LABELS)["items"]
+    if found:
+        uninstall = "; ".join(
+            f"helm uninstall {d['metadata']['labels'].get('app.kubernetes.io/instance')}"
+            f" -n {d['metadata']['namespace']}"
+            for d in found
+        )
+        pytest.fail(
+            "a kubetrain operator is installed on the test cluster and would act on the tests'"
+            f" jobs too. Remove it first ({uninstall}), or run make cluster-down for a fresh"
+            " local cluster.",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     """The session's cluster; see the module docstring."""
     named = os.environ.get("KUBECONFIG")
     if named:
+        refuse_installed_operators(named)
         yield Cluster(kubeconfig=named, local=False, started_here=False)
         return
     if platform.system() != "Linux" or os.geteuid() != 0:
@@ -107,6 +132,7 @@ def kube_cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     path = start_local_cluster(pytestconfig)
     cluster = Cluster(kubeconfig=path, local=True, started_here=not running)
     os.environ["KUBECONFIG"] = path
+    refuse_installed_operators(path)
     try:
         yield cluster
     finally:

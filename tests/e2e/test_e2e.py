@@ -1,4 +1,4 @@
-"""The whole story on a real cluster, as a user meets it (issue 6).
+"""The whole story on a real cluster, as a user meets it.
 
     1 helm install -> operator Ready
     2 apply examples/mnist.yaml -> progress, Succeeded, Promoted -> the served model reads a 7
