@@ -72,7 +72,6 @@ def direct_create(kube: Kube, namespace: str, name: str, replicas: int) -> None:
     """Baseline: what the operator creates for one job, created straight through the API."""
     doc = document(name, namespace, replicas)
     body = {**doc, "metadata": {**doc["metadata"], "uid": str(uuid.uuid4())}}
-    body["metadata"]["name"] = name
     job = parse_job(doc)
     service = headless_service(body)
     service["metadata"].pop("ownerReferences")

@@ -16,15 +16,19 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from kubetrain.trainer.runner import free_ports
+
+if TYPE_CHECKING:
+    from kubetrain.trainer.server.model import ServedModel
 
 HOST = "127.0.0.1"  # loopback only
 SHAPES = {"mnist": ((28, 28, 1), 10), "planesnet": ((20, 20, 3), 2)}
@@ -61,14 +65,19 @@ def export_benchmark_model(architecture: str, root: Path) -> Path:
     return root / dataset
 
 
-def raw_baseline(
-    model_dir: Path, instance: np.ndarray, batch_sizes: list[int], seconds: float
-) -> tuple[Result, dict[int, float]]:
-    """Single-row call latencies, and rows/s of back-to-back calls at each batch size."""
+def load_served_model(model_dir: Path) -> ServedModel:
+    """The highest version, loaded and warmed up as the server does it."""
     from kubetrain.trainer.server.model import choose_version, load_model
 
-    model = load_model("bench", model_dir, choose_version(model_dir, None))
+    model = load_model(model_dir.name, model_dir, choose_version(model_dir, None))
     model.warm_up()
+    return model
+
+
+def raw_baseline(
+    model: ServedModel, instance: np.ndarray, batch_sizes: list[int], seconds: float
+) -> tuple[Result, dict[int, float]]:
+    """Single-row call latencies, and rows/s of back-to-back calls at each batch size."""
     single: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -88,7 +97,7 @@ def raw_baseline(
 
 
 def in_process_batching(
-    model_dir: Path,
+    model: ServedModel,
     instance: np.ndarray,
     levels: list[int],
     max_batch: int,
@@ -97,10 +106,7 @@ def in_process_batching(
 ) -> dict[str, dict[int, Result]]:
     """The batcher alone (no HTTP, no JSON): coalescing's effect on the model side."""
     from kubetrain.trainer.server.batching import Batcher, Unbatched
-    from kubetrain.trainer.server.model import choose_version, load_model
 
-    model = load_model("bench", model_dir, choose_version(model_dir, None))
-    model.warm_up()
     rows = instance[np.newaxis]
 
     async def run(batcher: Batcher | Unbatched, clients: int) -> Result:
@@ -125,12 +131,6 @@ def in_process_batching(
         results["on"][clients] = asyncio.run(run(on, clients))
         results["off"][clients] = asyncio.run(run(Unbatched(model.predict), clients))
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -216,23 +216,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or export_benchmark_model(args.architecture, Path(tmp))
         name = model_dir.name
-        metadata = json.loads(
-            max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-            .joinpath("metadata.json")
-            .read_text()
-        )
+        model = load_served_model(model_dir)
         rng = np.random.default_rng(0)
-        instance = rng.integers(0, 256, metadata["inputShape"]).astype(np.float32)
+        instance = rng.integers(0, 256, model.input_shape).astype(np.float32)
         body = json.dumps({"instances": [instance.tolist()]}).encode()
 
         raw, raw_rows = raw_baseline(
-            model_dir,
+            model,
             instance,
             sorted({min(c, args.max_batch_size) for c in levels}),
             args.duration,
         )
         batcher_only = in_process_batching(
-            model_dir,
+            model,
             instance,
             levels,
             args.max_batch_size,
@@ -252,7 +248,7 @@ def main() -> int:
             ),
             ("off", ["--no-enable-batching"]),
         ):
-            port = free_port()
+            port = free_ports(1)[0]
             process = start_server(model_dir, port, flags)
             try:
                 drive(port, name, body, 4, 0.5)  # warm up connections and threads

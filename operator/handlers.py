@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from kubetrain.operator.kube import (
     ApiError,
     Kube,
     deployments_path,
+    in_cluster,
     pods_path,
     pvc_path,
     services_path,
@@ -45,6 +45,7 @@ from kubetrain.operator.status import (
     parse_result,
     parse_time,
     progress_update,
+    replace_maps,
     result_update,
     set_condition,
 )
@@ -53,15 +54,13 @@ from kubetrain.trainer.spec import API_GROUP, API_VERSION, SpecError, TrainingJo
 PLURAL = "trainingjobs"
 
 _kube: Kube | None = None
-_kube_lock = threading.Lock()
 
 
 def kube() -> Kube:
-    global _kube
-    with _kube_lock:
-        if _kube is None:
-            _kube = Kube()
-        return _kube
+    """The client `configure` builds at startup; kopf runs no other handler before it."""
+    if _kube is None:
+        raise RuntimeError("the API client is built by the startup handler, not yet run")
+    return _kube
 
 
 class _QuietTimers(logging.Filter):
@@ -76,10 +75,12 @@ class _QuietTimers(logging.Filter):
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod its service account; elsewhere the kubeconfig KUBECONFIG names right now.
 
-    kopf's default login goes through the kubernetes client, which reads KUBECONFIG once at
-    import time, so a KUBECONFIG set later (as a test session does) would go unseen.
+    The same order as `Kube`. kopf's default login goes through the kubernetes client, which
+    reads KUBECONFIG once at import time, so a KUBECONFIG set later (as a test session does)
+    would go unseen.
     """
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs) if in_cluster() else None
+    return info or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
@@ -100,8 +101,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if not any(isinstance(f, _QuietTimers) for f in objects.filters):
         objects.addFilter(_QuietTimers())
     global _kube
-    with _kube_lock:  # fresh credentials for every start (also of an in-process operator)
-        _kube = Kube()
+    _kube = Kube()  # fresh credentials for every start (also of an in-process operator)
 
 
 @kopf.index("pods", labels={LABEL_ROLE: "worker", LABEL_JOB: kopf.PRESENT})
@@ -347,7 +347,7 @@ def reconcile_job(
     succeeded_now = (
         plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED
     )
-    if plan.read_progress or succeeded_now:  # before cleanup deletes the chief and its log
+    if plan.read_progress:
         merged = {**status, **plan.status}
         progress = _progress(namespace, name, merged, job.spec.training.metric)
         plan.status.update({k: v for k, v in progress.items() if merged.get(k) != v})
@@ -367,16 +367,12 @@ def reconcile_job(
         kube().delete(trainingjob_path(namespace, name))
     for type_, reason, message in plan.events:
         kopf.event(body, type=type_, reason=reason, message=message)
-    for key in ("metrics", "bestMetrics", "testMetrics"):  # replace, not merge, these maps
-        if isinstance(plan.status.get(key), dict):
-            stale = set(status.get(key) or {}) - set(plan.status[key])
-            plan.status[key] = {**dict.fromkeys(stale), **plan.status[key]}
     if plan.status:
-        patch.status.update(plan.status)
+        patch.status.update(replace_maps(status, plan.status))
 
 
 def main() -> None:
-    """`python -m kubetrain.operator`: run the operator over all namespaces (or $NAMESPACE)."""
+    """`python -m kubetrain.operator`: run over all namespaces (or only $WATCH_NAMESPACE)."""
     args = ["run", "--standalone", "-m", __name__]
     namespace = os.environ.get("WATCH_NAMESPACE")
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]

@@ -25,17 +25,31 @@ class ApiError(Exception):
         self.message = message
 
 
+def in_cluster() -> bool:
+    """Running in a pod: its service account comes before any kubeconfig."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _load_configuration() -> client.Configuration:
+    """In a pod its service account; elsewhere (or without one) the kubeconfig."""
+    configuration = client.Configuration()
+    if in_cluster():
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except config.ConfigException:
+            pass  # no service account token mounted: try a kubeconfig
+    # The client reads KUBECONFIG once, when it is imported; read it now instead.
+    config.load_kube_config(
+        config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+    )
+    return configuration
+
+
 class Kube:
     def __init__(self, configuration: client.Configuration | None = None) -> None:
         if configuration is None:
-            configuration = client.Configuration()
-            try:
-                # The client reads KUBECONFIG once, when it is imported; read it now instead.
-                config.load_kube_config(
-                    config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-                )
-            except config.ConfigException:
-                config.load_incluster_config(client_configuration=configuration)
+            configuration = _load_configuration()
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
         self.configuration = configuration
         self.rest = client.rest.RESTClientObject(configuration)

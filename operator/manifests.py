@@ -7,6 +7,7 @@ duplicate.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,11 @@ WORKER_CONTAINER = "worker"
 DATA_MOUNT = "/data"
 # TensorFlow catches SIGTERM and trains on, so a short grace period is all SIGTERM buys.
 WORKER_GRACE_SECONDS = 5
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""The securityContext of every container the operator creates (workers, model server)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def worker_pod(
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
         "resources": resources,
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         # A worker that dies without writing its message still leaves its last log lines.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -7,11 +7,12 @@ the next job compares against. Pure functions; the handler does the API calls.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetrain.operator.manifests import MANAGED_BY
+from kubetrain.operator.manifests import CONTAINER_SECURITY_CONTEXT, MANAGED_BY
 from kubetrain.operator.status import better
 from kubetrain.trainer.spec import TrainingJobSpec
 
@@ -120,10 +121,7 @@ def deployment(
                             "lifecycle": {
                                 "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
                             },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
                             "volumeMounts": [
                                 {
                                     "name": "storage",

@@ -49,7 +49,8 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     """(type, reason, message) Events to post on the job."""
     read_progress: bool = False
-    """The chief is running: read its latest epoch records."""
+    """Read the chief's latest epoch records: while it runs, and on the tick it succeeds
+    (before `delete` removes its pod, and its log with it)."""
     promote: bool = False
     """Training succeeded and promotion is due or under way."""
     delete_job: bool = False
@@ -256,6 +257,7 @@ def plan(
             "the chief finished training and exported the best model",
         )
         b.event("Normal", "Succeeded", "Training finished")
+        b.plan.read_progress = True  # its last epochs, before cleanup deletes its log
         b.plan.delete = cleanup(pods, policy.clean_pod_policy, now)
         b.plan.promote = spec.promotion.enabled
         b.new.update(worker_counts(replicas, current, completed))

@@ -231,6 +231,24 @@ def progress_update(
     return update
 
 
+REPLACED_MAPS = ("metrics", "bestMetrics", "testMetrics")
+"""Status maps whose keys depend on the run: a patch replaces them rather than merging."""
+
+
+def replace_maps(old_status: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` as a JSON merge patch that replaces the maps it sets, not merges them.
+
+    A merge patch keeps keys it does not name, so each key of the old map that the new one
+    lacks is set to None (which deletes it).
+    """
+    out = dict(update)
+    for key in REPLACED_MAPS:
+        if isinstance(out.get(key), dict):
+            stale = set(old_status.get(key) or {}) - set(out[key])
+            out[key] = {**dict.fromkeys(stale), **out[key]}
+    return out
+
+
 def parse_result(message: str | None) -> dict[str, Any] | None:
     """The chief's termination message on success: its JSON result, or None if it is not one."""
     if not message:

@@ -1,4 +1,8 @@
-"""Pinned helm and kubeconform (hack/tools/install.sh) and strict local schemas, for tests."""
+"""pytest plugin: pinned helm and kubeconform (hack/tools/install.sh) and strict local schemas.
+
+Loaded from tests/conftest.py, so the chart tests and the end-to-end tests share one `tools`
+fixture, installed once per session.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ class Tools:
         return self.run(self.kubeconform, "-strict", "-summary", *locations, "-", stdin=manifests)
 
 
-def install_tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
+@pytest.fixture(scope="session")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
     """helm, kubeconform and strict schemas for the built-in kinds and the chart's CRD."""
     done = subprocess.run(
         [str(INSTALL)], capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from datasets import write_mnist
 
-pytest_plugins = ["kubecluster"]
+pytest_plugins = ["kubecluster", "charttools"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

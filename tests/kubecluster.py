@@ -11,6 +11,7 @@ Tests that need a cluster carry the ``cluster`` marker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -56,24 +57,21 @@ def _run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedPr
     )
 
 
-def start_local_cluster(config: pytest.Config | None = None) -> str:
+def start_local_cluster(config: pytest.Config) -> str:
     """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed.
 
-    With the pytest config, its progress (a cold build takes a while) goes to the
-    terminal instead of being captured.
+    Its progress (a cold build takes a while) goes to the terminal instead of being captured.
     """
-    capture = config.pluginmanager.getplugin("capturemanager") if config else None
-    if capture is None:
-        proc = _run_script("up.sh", timeout=START_TIMEOUT)
-    else:
-        with capture.global_and_fixture_disabled():
-            proc = subprocess.run(
-                [str(CLUSTER_DIR / "up.sh")],
-                stdout=subprocess.PIPE,
-                text=True,
-                timeout=START_TIMEOUT,
-                check=False,
-            )
+    capture = config.pluginmanager.getplugin("capturemanager")
+    shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with shown:
+        proc = subprocess.run(
+            [str(CLUSTER_DIR / "up.sh")],
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("export KUBECONFIG="):
         pytest.fail(

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from .spec import TrainingJobSpec
 
@@ -48,7 +47,7 @@ def _type_name(annotation: typing.Any) -> str:
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    if field.default_factory is not None or field.default is PydanticUndefined:
+    if field.default_factory is not None:  # not required: a default or a default_factory
         return ""
     value = field.default
     if value is None:

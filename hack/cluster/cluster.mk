@@ -2,12 +2,8 @@
 #   make -f hack/cluster/cluster.mk cluster
 # Paths are found from this file's own location, so either way works.
 
-# Included before the including Makefile's own targets, this file must not
-# become its default goal: remember the goal and restore it at the end.
-KUBETRAIN_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
-
 KUBETRAIN_CLUSTER_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
-KUBETRAIN_IMAGES_DIR := $(patsubst %/cluster,%/images,$(KUBETRAIN_CLUSTER_DIR))
+KUBETRAIN_IMAGES_DIR := $(abspath $(KUBETRAIN_CLUSTER_DIR)/../images)
 
 .PHONY: cluster cluster-down cluster-status images
 
@@ -27,4 +23,3 @@ cluster-status:
 images:
 	@$(KUBETRAIN_IMAGES_DIR)/build.sh
 
-.DEFAULT_GOAL := $(KUBETRAIN_SAVED_DEFAULT_GOAL)

@@ -46,10 +46,9 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 
-ctr_() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
 if kt_containerd_up; then
-  for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "${t}" >/dev/null 2>&1 || true; done
-  for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "${c}" >/dev/null 2>&1 || true; done
+  for t in $(kt_ctr tasks ls -q 2>/dev/null); do kt_ctr tasks rm -f "${t}" >/dev/null 2>&1 || true; done
+  for c in $(kt_ctr containers ls -q 2>/dev/null); do kt_ctr containers rm "${c}" >/dev/null 2>&1 || true; done
 fi
 # Shims outlive containerd by design (and survive its crash); each names our
 # containerd's socket on its command line, which tells them from anyone else's.

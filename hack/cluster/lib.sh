@@ -45,10 +45,13 @@ kt_hash() { cat "$@" | sha256sum | cut -c1-12; }
 # Where build.sh links the binaries the cluster runs.
 KT_BIN="${KT_CACHE}/bin/current"
 
+# kt_ctr ARGS...: ctr on the cluster's containerd, in the namespace the kubelet uses.
+kt_ctr() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
+
 # kt_containerd_up: the cluster's containerd answers. A socket file alone says
 # nothing: one killed without cleanup (a reboot, an OOM kill) leaves it behind.
 kt_containerd_up() {
-  [[ -S ${KT_CONTAINERD_SOCK} ]] && ctr --address "${KT_CONTAINERD_SOCK}" version >/dev/null 2>&1
+  [[ -S ${KT_CONTAINERD_SOCK} ]] && kt_ctr version >/dev/null 2>&1
 }
 
 # kt_import IMAGE: copy an image from podman into the cluster's containerd
@@ -58,11 +61,11 @@ kt_import() {
   id="$(podman image inspect --format '{{.Id}}' "${image}")"
   mark="${KT_STATE}/containerd-imported/${image//[\/:]/_}"
   if [[ -f ${mark} && "$(<"${mark}")" == "${id}" ]] &&
-    ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io images ls -q | grep -qxF "${image}"; then
+    kt_ctr images ls -q | grep -qxF "${image}"; then
     return 0
   fi
   podman save --quiet --format docker-archive "${image}" |
-    ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io images import - >/dev/null
+    kt_ctr images import - >/dev/null
   mkdir -p "$(dirname "${mark}")"
   echo "${id}" >"${mark}"
   log "imported ${image} into the cluster"

@@ -123,7 +123,7 @@ TOML
 # a closed local port so it fails at once and goes nowhere.
 start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
   containerd --config "${cfg}/containerd.toml"
-wait_for containerd 30 ctr --address "${KT_CONTAINERD_SOCK}" version
+wait_for containerd 30 kt_ctr version
 "${KT_ROOT}/hack/images/system-images.sh"
 
 # --- control plane --------------------------------------------------------------

@@ -6,8 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 
-ctr_() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
-have() { ctr_ images ls -q | grep -qxF "$1"; }
+have() { kt_ctr images ls -q | grep -qxF "$1"; }
 
 # import_rootfs IMAGE DIR CHANGE...: turn a directory into a one-layer image.
 import_rootfs() {

@@ -53,6 +53,27 @@ def cluster_processes() -> dict[int, str]:
     return found
 
 
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    """`make ARGS` as a user runs it, output in the order the user sees it."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def bring_back(cluster: Cluster, *makefile: str) -> None:
+    """`make cluster` for the rest of the session: its last line is the contract, and the
+    kubeconfig stays the same."""
+    up = make(*makefile, "cluster")
+    assert up.returncode == 0, up.stdout[-3000:]
+    assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={cluster.kubeconfig}"
+
+
 def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl) -> None:
     if not kube_cluster.local:
         pytest.skip("only the local cluster is stopped by make cluster-down")
@@ -78,15 +99,8 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
     assert recorded <= set(before), "a recorded component is not running"
     assert any("containerd-shim" in c for c in before.values()), before
     try:
-        down = subprocess.run(
-            ["make", "--no-print-directory", "-f", "hack/cluster/cluster.mk", "cluster-down"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert down.returncode == 0, down.stderr
+        down = make("-f", "hack/cluster/cluster.mk", "cluster-down")
+        assert down.returncode == 0, down.stdout[-3000:]
         survivors = {pid: before[pid] for pid in before if alive(pid)}
         assert not survivors, f"processes survived cluster-down: {survivors}"
         assert cluster_processes() == {}
@@ -97,32 +111,7 @@ def test_cluster_down_leaves_no_process(kube_cluster: Cluster, kubectl: Kubectl)
         mounts = Path("/proc/self/mounts").read_text()
         assert str(STATE) not in mounts, "mounts of the cluster remain"
     finally:
-        # Bring it back for the rest of the session, through make as a user would:
-        # the last line is the contract, and the kubeconfig stays the same.
-        up = subprocess.run(
-            ["make", "--no-print-directory", "-f", "hack/cluster/cluster.mk", "cluster"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,  # what a user sees, in order
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert up.returncode == 0, up.stdout[-3000:]
-        assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={kube_cluster.kubeconfig}"
-
-
-def make(target: str) -> subprocess.CompletedProcess[str]:
-    """`make TARGET` as a user runs it, output in the order the user sees it."""
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+        bring_back(kube_cluster, "-f", "hack/cluster/cluster.mk")  # the file works alone too
 
 
 def test_images_and_cluster_recover_from_a_crashed_cluster(
@@ -141,9 +130,7 @@ def test_images_and_cluster_recover_from_a_crashed_cluster(
         assert images.returncode == 0, images.stdout[-3000:]
         assert "cluster not running" in images.stdout
     finally:
-        up = make("cluster")
-        assert up.returncode == 0, up.stdout[-3000:]
-        assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={kube_cluster.kubeconfig}"
+        bring_back(kube_cluster)
     assert not {pid for pid in crashed if alive(pid)}
     kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
     listed = subprocess.run(

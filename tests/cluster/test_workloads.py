@@ -29,6 +29,35 @@ def container(name: str, command: list[str], **extra) -> dict:
     }
 
 
+def python_pod(name: str, code: str, **container_extra) -> dict:
+    """A pod running `python3 -c code` once; `volumes` go to the pod, the rest to its container."""
+    volumes = container_extra.pop("volumes", [])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container(name, ["python3", "-c", code], **container_extra)],
+            "volumes": volumes,
+        },
+    }
+
+
+def python_output(ns: Kubectl, name: str) -> str:
+    """Waits for a python_pod to end; it must have succeeded. Returns what it printed."""
+    pod = ns.wait_for(
+        f"pod {name}",
+        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        timeout=180,
+    )
+    logs = ns("logs", name, check=False)
+    assert pod["status"]["phase"] == "Succeeded", (
+        logs.stdout + logs.stderr + pod_failure(ns, f"app={name}")
+    )
+    return logs.stdout.strip()
+
+
 def pod_failure(ns: Kubectl, selector: str) -> str:
     """Why pods matching selector are stuck, for assertion messages."""
     return ns("describe", "pods", "-l", selector, check=False).stdout[-2500:]
@@ -101,24 +130,8 @@ def test_pod_resolves_pod_through_headless_service(namespace: Kubectl) -> None:
         "        time.sleep(1)\n"
         "sys.exit(1)\n"
     )
-    namespace.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "client", "labels": {"app": "dns-client"}},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [container("resolve", ["python3", "-c", resolve])],
-            },
-        }
-    )
-    client = namespace.wait_for(
-        "pod client",
-        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-        timeout=180,
-    )
-    assert client["status"]["phase"] == "Succeeded", namespace("logs", "client", check=False)
-    assert namespace("logs", "client").stdout.strip() == target["status"]["podIP"]
+    namespace.apply(python_pod("client", resolve))
+    assert python_output(namespace, "client") == target["status"]["podIP"]
 
 
 def _ready(pod: dict) -> bool:
@@ -213,44 +226,21 @@ def test_persistent_volume_claim_binds(namespace: Kubectl) -> None:
                 "resources": {"requests": {"storage": "64Mi"}},
             },
         },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "writer", "labels": {"app": "writer"}},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    container(
-                        "write",
-                        [
-                            "python3",
-                            "-c",
-                            "open('/data/ckpt', 'w').write('saved');"
-                            " print(open('/data/ckpt').read())",
-                        ],
-                        volumeMounts=[{"name": "data", "mountPath": "/data"}],
-                    )
-                ],
-                "volumes": [
-                    {"name": "data", "persistentVolumeClaim": {"claimName": "checkpoints"}}
-                ],
-            },
-        },
+        python_pod(
+            "writer",
+            "open('/data/ckpt', 'w').write('saved'); print(open('/data/ckpt').read())",
+            volumeMounts=[{"name": "data", "mountPath": "/data"}],
+            volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
+        ),
     )
     try:
         pvc = namespace.wait_for(
             "pvc checkpoints", lambda c: c.get("status", {}).get("phase") == "Bound", timeout=180
         )
-        pod = namespace.wait_for(
-            "pod writer",
-            lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-            timeout=180,
-        )
     except AssertionError as err:
         raise AssertionError(f"{err}\n{pod_failure(namespace, 'app=writer')}") from None
     assert pvc["spec"]["volumeName"]
-    assert pod["status"]["phase"] == "Succeeded", namespace("logs", "writer", check=False).stdout
-    assert namespace("logs", "writer").stdout.strip() == "saved"
+    assert python_output(namespace, "writer") == "saved"
 
 
 def test_pod_reaches_api_server_with_its_service_account_token(namespace: Kubectl) -> None:
@@ -266,23 +256,6 @@ def test_pod_reaches_api_server_with_its_service_account_token(namespace: Kubect
         "                             headers={'Authorization': 'Bearer ' + token})\n"
         "print(json.load(urllib.request.urlopen(req, context=ctx, timeout=30))['gitVersion'])\n"
     )
-    namespace.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "in-cluster", "labels": {"app": "in-cluster"}},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [container("call", ["python3", "-c", call])],
-            },
-        }
-    )
-    pod = namespace.wait_for(
-        "pod in-cluster",
-        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-        timeout=180,
-    )
-    logs = namespace("logs", "in-cluster", check=False)
-    assert pod["status"]["phase"] == "Succeeded", logs.stdout + logs.stderr
+    namespace.apply(python_pod("in-cluster", call))
     server = namespace.json("version")["serverVersion"]["gitVersion"]
-    assert logs.stdout.strip() == server
+    assert python_output(namespace, "in-cluster") == server

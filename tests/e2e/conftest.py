@@ -1,20 +1,14 @@
-"""Fixtures for the end-to-end tests: the pinned tools (helm) on the session's cluster."""
+"""The end-to-end report, printed at the end of the run that wrote it."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import pytest
-from charttools import REPO, Tools, install_tools
+from charttools import REPO
 
 REPORT = REPO / "runs" / "e2e" / "report.json"
 _session_start = time.time()
-
-
-@pytest.fixture(scope="session")
-def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
-    return install_tools(tmp_path_factory)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -3,7 +3,7 @@
 The Summary API (`/api/v1/nodes/<node>/proxy/stats/summary`) is what metrics-server
 itself reads, so this needs nothing installed in the cluster. A thread samples it every
 few seconds and keeps, for each role of pod in the release's namespace, the peak memory
-(working set) of one pod and the peak CPU of all its pods together; and the node's peaks.
+(working set) of one pod and the peak CPU of all its pods together; and the nodes' peaks.
 """
 
 from __future__ import annotations
@@ -68,33 +68,24 @@ class ResourceSampler:
         return report
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> None:
         nodes = self.kubectl("get", "nodes", "-o", "name", check=False).stdout.split()
-        for node in nodes:
-            raw = self.kubectl(
-                "get",
-                "--raw",
-                f"/api/v1/{node.replace('node/', 'nodes/')}/proxy/stats/summary",
-                check=False,
-            )
-            if raw.returncode == 0:
-                self.add(json.loads(raw.stdout))
+        paths = [f"/api/v1/nodes/{n.removeprefix('node/')}/proxy/stats/summary" for n in nodes]
+        while not self._stop.wait(self.interval):
+            answers = [self.kubectl("get", "--raw", path, check=False) for path in paths]
+            self.add([json.loads(a.stdout) for a in answers if a.returncode == 0])
 
-    def add(self, summary: dict) -> None:
-        """Folds one Summary API answer into the peaks."""
+    def add(self, summaries: list[dict]) -> None:
+        """Folds one sample (a Summary API answer per node) into the peaks."""
+        if not summaries:
+            return
         peaks = self.peaks
-        node = summary.get("node", {})
-        peaks.node_memory_mib = max(
-            peaks.node_memory_mib, (node.get("memory", {}).get("workingSetBytes") or 0) / MIB
-        )
-        peaks.node_cpu_cores = max(
-            peaks.node_cpu_cores, (node.get("cpu", {}).get("usageNanoCores") or 0) / 1e9
-        )
+        nodes = [s.get("node", {}) for s in summaries]
+        memory = sum(n.get("memory", {}).get("workingSetBytes") or 0 for n in nodes) / MIB
+        cores = sum(n.get("cpu", {}).get("usageNanoCores") or 0 for n in nodes) / 1e9
+        peaks.node_memory_mib = max(peaks.node_memory_mib, memory)
+        peaks.node_cpu_cores = max(peaks.node_cpu_cores, cores)
         cpu: dict[str, float] = {}
-        for pod in summary.get("pods", []):
+        for pod in (p for s in summaries for p in s.get("pods", [])):
             ref = pod["podRef"]
             if ref["namespace"] != self.namespace:
                 continue

@@ -450,6 +450,17 @@ def training_job(name: str) -> dict:
     )
 
 
+def mid_training(status: dict) -> bool:
+    """An epoch is done and the job is still training: the moment to interrupt it."""
+    return status.get("phase") == "Running" and (status.get("epoch") or 0) >= 1
+
+
+def assert_interrupted_then_succeeded(run: Run, killed: list[dict]) -> None:
+    assert killed, f"training ended before it could be interrupted: {run.phases}"
+    assert killed[0]["epoch"] < killed[0]["totalEpochs"], killed
+    assert run.status["phase"] == "Succeeded", json.dumps(run.status, indent=1)[:4000]
+
+
 def test_4_a_killed_worker_restarts_the_workers_which_resume_and_succeed(
     release: Release,
 ) -> None:
@@ -459,7 +470,7 @@ def test_4_a_killed_worker_restarts_the_workers_which_resume_and_succeed(
     killed: list[dict] = []
 
     def kill_worker_after_first_epoch(status: dict) -> None:
-        if not killed and status.get("phase") == "Running" and (status.get("epoch") or 0) >= 1:
+        if not killed and mid_training(status):
             killed.append(dict(status))
             kubectl("delete", "pod", "resilient-worker-1", "--grace-period=0", "--force")
 
@@ -467,10 +478,8 @@ def test_4_a_killed_worker_restarts_the_workers_which_resume_and_succeed(
         release, "resilient", training_done, on_tick=kill_worker_after_first_epoch, interval=0.5
     )
     timed(release.times, "worker_killed_job_succeeds_s", start)
+    assert_interrupted_then_succeeded(run, killed)
     status = run.status
-    assert killed, f"training ended before a worker could be killed: {run.phases}"
-    assert killed[0]["epoch"] < killed[0]["totalEpochs"], killed
-    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:4000]
     assert status["restarts"] >= 1, status
     assert "Restarting" in run.phases, run.phases
     assert "resilient-worker-1" in json.dumps(status.get("lastFailure")), status
@@ -501,7 +510,7 @@ def test_5_a_killed_operator_is_replaced_and_its_successor_finishes_the_job(
         for attempt in {p["metadata"]["labels"]["kubetrain.io/attempt"] for p in pods}:
             count = sum(p["metadata"]["labels"]["kubetrain.io/attempt"] == attempt for p in pods)
             per_attempt_max[attempt] = max(per_attempt_max.get(attempt, 0), count)
-        if not killed and status.get("phase") == "Running" and (status.get("epoch") or 0) >= 1:
+        if not killed and mid_training(status):
             killed.append(dict(status))
             workers_at_kill.update(p["metadata"]["uid"] for p in pods)
             kubectl("delete", "pod", "-l", operator, "--grace-period=0", "--force")
@@ -510,11 +519,9 @@ def test_5_a_killed_operator_is_replaced_and_its_successor_finishes_the_job(
         release, "steady", training_done, on_tick=kill_operator_and_count_workers, interval=1
     )
     timed(release.times, "operator_killed_job_succeeds_s", start)
-    status = run.status
-    assert killed, f"training ended before the operator could be killed: {run.phases}"
-    assert killed[0]["epoch"] < killed[0]["totalEpochs"], killed
     # Only an operator writes the status, and the old one was gone before the job ended.
-    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:4000]
+    assert_interrupted_then_succeeded(run, killed)
+    status = run.status
     (new_operator,) = kubectl.json("get", "pods", "-l", operator)["items"]
     assert new_operator["metadata"]["uid"] != old_operator["metadata"]["uid"]
     # The successor adopted the running workers: no restart, no new or duplicate pods.

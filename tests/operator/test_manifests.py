@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from kubetrain.operator import promotion
 from kubetrain.operator.manifests import (
+    CONTAINER_SECURITY_CONTEXT,
     WorkerOptions,
     headless_service,
     summarize_pod,
@@ -150,3 +152,14 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
     summary = summarize_pod(evicted)
     assert (summary["exitCode"], summary["reason"]) == (None, "Evicted")
     assert summary["message"] == "The node was low on resource: memory."
+
+
+def test_every_container_the_operator_creates_runs_unprivileged():
+    assert CONTAINER_SECURITY_CONTEXT == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    spec = job(body(promotion={"deployment": "mnist-serving"})).spec
+    server = promotion.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
+    for container in [*pods(body())[0]["spec"]["containers"], *server["containers"]]:
+        assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetrain.operator.reconcile import Plan, Problem, plan
+from kubetrain.operator.reconcile import Plan, Problem, plan, reject
 from kubetrain.operator.status import get_condition, now_iso
 from trainingjobs import body, job, pod
 
@@ -149,6 +149,7 @@ def test_the_chief_succeeding_succeeds_the_job_and_starts_promotion():
     assert status["completionTime"] == now_iso(T0)
     assert get_condition(status["conditions"], "Succeeded")["status"] == "True"
     assert p.promote
+    assert p.read_progress  # the chief's last epochs, read before cleanup deletes its log
     assert p.delete == [("mnist-worker-1", 1)]
 
 
@@ -239,3 +240,10 @@ def test_conditions_keep_their_transition_time_while_unchanged():
     since = get_condition(status["conditions"], "Running")["lastTransitionTime"]
     _, status = run(status, [pod(0), pod(1)], T0 + timedelta(minutes=5))
     assert get_condition(status["conditions"], "Running")["lastTransitionTime"] == since
+
+
+def test_an_unparsable_spec_fails_the_job_as_invalid_once():
+    p = reject({}, "InvalidSpec", "spec.workers: bad", T0)
+    assert get_condition(p.status["conditions"], "Valid")["status"] == "False"
+    assert [e[1] for e in p.events] == ["InvalidSpec"]
+    assert reject({**p.status}, "InvalidSpec", "spec.workers: bad", T0).events == []

@@ -9,6 +9,7 @@ from kubetrain.operator.status import (
     epoch_records,
     parse_result,
     progress_update,
+    replace_maps,
     result_update,
 )
 
@@ -114,3 +115,11 @@ def test_metrics_are_kept_to_four_decimals_so_kubectl_get_stays_readable():
     final = result_update(result, "val_accuracy")
     assert final["bestCheckpoint"]["value"] == 0.9671
     assert final["testMetrics"] == {"accuracy": 0.9712}
+
+
+def test_a_patch_replaces_metric_maps_so_stale_keys_go():
+    old = {"metrics": {"loss": 0.3, "accuracy": 0.9}, "bestMetrics": {"loss": 0.2}}
+    update = {"metrics": {"loss": 0.25}, "phase": "Running"}
+    patch = replace_maps(old, update)
+    assert patch == {"metrics": {"loss": 0.25, "accuracy": None}, "phase": "Running"}
+    assert update == {"metrics": {"loss": 0.25}, "phase": "Running"}  # not modified

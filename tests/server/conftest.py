@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from datasets import digit_images
+from kubetrain.trainer.runner import free_ports
+from prometheus_client.parser import text_string_to_metric_families
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 STARTUP_TIMEOUT = 120.0
@@ -71,10 +72,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> ExportedModels:
     return ExportedModels(root, root / "mnist", trained, untrained)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def metric_value(text: str, sample: str, /, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition whose labels include `labels`;
+    0 if there is none."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
 
 
 class ServerProcess:
@@ -83,7 +88,7 @@ class ServerProcess:
     def __init__(
         self, model_dir: Path, *flags: str, env: dict[str, str] | None = None, log: Path
     ) -> None:
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         command = [

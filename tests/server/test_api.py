@@ -6,9 +6,8 @@ import io
 
 import httpx
 import numpy as np
-from conftest import CLASS_NAMES, ExportedModels, ServerProcess, pattern_images
+from conftest import CLASS_NAMES, ExportedModels, ServerProcess, metric_value, pattern_images
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def png(pixels: np.ndarray, mode: str = "L") -> bytes:
@@ -160,15 +159,6 @@ def test_openapi_documents_the_routes(client: httpx.Client):
     predict_body = paths["/v1/models/{name}:predict"]["post"]["requestBody"]
     assert "instances" in predict_body["content"]["application/json"]["schema"]["properties"]
     assert client.get("/docs").status_code == 200
-
-
-def metric_value(text: str, sample: str, /, **labels: str) -> float:
-    """The value of one sample in a Prometheus exposition, 0 if absent."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 def test_metrics_count_requests_by_route_and_code_and_describe_the_model(client):

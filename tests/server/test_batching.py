@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-from conftest import ExportedModels, ServerProcess, pattern_images
+from conftest import ExportedModels, ServerProcess, metric_value, pattern_images
 from kubetrain.trainer.server.batching import Batcher
-from prometheus_client.parser import text_string_to_metric_families
 
 
 class RecordingModel:
@@ -96,11 +95,11 @@ def test_a_failing_model_call_fails_only_its_batch():
 
 def batch_histogram(client: httpx.Client) -> tuple[float, float]:
     """(model calls, rows) so far, from the server's batch size histogram."""
-    values = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            values[sample.name] = sample.value
-    return values["kubetrain_serving_batch_size_count"], values["kubetrain_serving_batch_size_sum"]
+    text = client.get("/metrics").text
+    return (
+        metric_value(text, "kubetrain_serving_batch_size_count"),
+        metric_value(text, "kubetrain_serving_batch_size_sum"),
+    )
 
 
 def test_concurrent_http_clients_each_get_their_own_predictions(

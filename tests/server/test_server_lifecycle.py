@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import ExportedModels, pattern_images
+from conftest import ExportedModels, metric_value, pattern_images
 from kubetrain.trainer.server import add_serve_arguments
 from kubetrain.trainer.server.config import ServerSettings
-from prometheus_client.parser import text_string_to_metric_families
 
 PREDICT = "/v1/models/mnist:predict"
 
@@ -27,7 +26,7 @@ def parse(*argv: str) -> ServerSettings:
 
 
 def test_flags_default_to_the_directory_name_and_the_version_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
 ):
     monkeypatch.setenv("MODEL_VERSION", "3")
     settings = parse("--model-dir", str(tmp_path / "planesnet"))
@@ -35,11 +34,15 @@ def test_flags_default_to_the_directory_name_and_the_version_from_the_environmen
     assert parse("--model-dir", "x", "--model-version", "5").model_version == 5
     monkeypatch.delenv("MODEL_VERSION")
     assert parse("--model-dir", "x").model_version is None
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parse("--model-dir", "x", "--model-version", "latest")
+    assert exit_info.value.code == 2
     monkeypatch.setenv("MODEL_VERSION", "latest")
-    with pytest.raises(ValueError, match="MODEL_VERSION"):
+    with pytest.raises(SystemExit) as exit_info:
         parse("--model-dir", "x")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--model-version" in error and "MODEL_VERSION" in error and "'latest'" in error
 
 
 def test_model_version_env_pins_an_older_version(start_server, exported: ExportedModels):
@@ -127,13 +130,6 @@ def test_sigterm_under_load_fails_no_request(start_server, exported: ExportedMod
     assert exited_after < delay + drain
 
 
-def in_flight(client: httpx.Client) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        if family.name == "kubetrain_serving_requests_in_flight":
-            return family.samples[0].value
-    raise AssertionError("no in-flight gauge")
-
-
 def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, exported):
     """With no delay the listener closes at once, yet requests already inside still complete."""
     server = start_server(
@@ -154,7 +150,10 @@ def test_sigterm_finishes_in_flight_requests_before_exiting(start_server, export
 
     with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=server.url) as scraper:
         pending = [pool.submit(predict, i) for i in range(4)]
-        while in_flight(scraper) < 4 + 1:  # the scrape counts itself
+        while (
+            metric_value(scraper.get("/metrics").text, "kubetrain_serving_requests_in_flight")
+            < 4 + 1  # the scrape counts itself
+        ):
             assert not any(p.done() for p in pending)
             time.sleep(0.05)
         server.terminate()

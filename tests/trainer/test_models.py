@@ -39,8 +39,10 @@ def test_a_planesnet_model_judges_a_chip_the_same_in_any_light(architecture: str
     )
 
 
-def test_an_exported_planesnet_model_serves_without_the_python_code(tmp_path) -> None:
-    """tf.saved_model.load needs none of this project's layer classes to run the export."""
+def test_an_exported_planesnet_model_answers_as_the_trained_one(tmp_path) -> None:
+    """The export's serving signature, with the per-image standardisation inside it, gives the
+    same probabilities as the Keras model. (This process has imported the layer class, so it
+    does not show that loading works without the project's code.)"""
     shape, classes = SHAPES["planesnet"]
     model = build_model("planesnet-seed", shape, classes)
     exported = export_model(model, tmp_path, "planesnet", {"classNames": ["no-plane", "plane"]})

@@ -13,18 +13,10 @@ from .config import add_serve_arguments
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
-    import sys
-
     from .config import ServerSettings
-
-    try:
-        settings = ServerSettings.from_args(args)
-    except ValueError as error:
-        print(f"kubetrain serve: {error}", file=sys.stderr)
-        return 2
     from .runner import run
 
-    return run(settings)
+    return run(ServerSettings.from_args(args))
 
 
 __all__ = ["add_serve_arguments", "serve"]

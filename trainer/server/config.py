@@ -31,20 +31,14 @@ class ServerSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerSettings:
-        """Settings from parsed flags; `ValueError` if MODEL_VERSION is not a version."""
+        """Settings from parsed flags."""
         model_dir = Path(args.model_dir)
-        version = args.model_version
-        if version is None:
-            try:
-                version = _version(os.environ.get(VERSION_ENV, "").strip())
-            except argparse.ArgumentTypeError as error:
-                raise ValueError(f"{VERSION_ENV}: {error}") from None
         return cls(
             model_dir=model_dir,
             model_name=args.model_name or model_dir.resolve().name,
             host=args.host,
             port=args.port,
-            model_version=version,
+            model_version=args.model_version,
             enable_batching=args.enable_batching,
             max_batch_size=args.max_batch_size,
             batch_timeout_micros=args.batch_timeout_micros,
@@ -75,10 +69,16 @@ def _non_negative(kind: type[int] | type[float]):
 
 
 def _version(text: str) -> int | None:
+    """`--model-version`, or `MODEL_VERSION` when the flag is absent (argparse converts a
+    string default with `type` too); empty means the highest version."""
+    text = text.strip()
     if text == "":
         return None
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"a model version is a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"a model version is a positive integer (from the flag or env {VERSION_ENV}), "
+            f"got {text!r}"
+        )
     return int(text)
 
 
@@ -97,7 +97,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-version",
         type=_version,
-        default=None,
+        default=os.environ.get(VERSION_ENV, ""),
         help=f"serve this version instead of the highest one (default: env {VERSION_ENV})",
     )
     batching = parser.add_argument_group("dynamic batching")
