@@ -96,6 +96,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.execution.max_workers = SETTINGS.threads
+    # The tick that deletes a job (ttlSecondsAfterFinished) is still running when kopf sees the
+    # deletion, so kopf keeps its finalizer until it polls the timer again: by default after
+    # 60 s, which would leave the job Terminating that long.
+    settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.INFO
     objects = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _QuietTimers) for f in objects.filters):

@@ -264,7 +264,8 @@ def test_a_finished_job_is_deleted_after_its_ttl(ns: Kubectl):
             trainingjob("mnist", training={"epochs": 1}, runPolicy={"ttlSecondsAfterFinished": 3})
         )
         ns.wait_for("tj mnist", phase_in("Succeeded"), timeout=120)
-        ns.wait_for("tj", lambda lst: not lst["items"], timeout=60)
+        # Gone within seconds: not after kopf's default 60 s re-check of the deleting timer.
+        ns.wait_for("tj", lambda lst: not lst["items"], timeout=30)
         # Owner references take the Service and pods with it.
         ns.wait_for(
             "pods,services -l kubetrain.io/job=mnist", lambda lst: not lst["items"], timeout=60
