@@ -23,9 +23,10 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/kubetrain run $(JOB) $(ARGS)
 
-## test: lint, then every test; builds the images, and the Kubernetes tests start the local
-## cluster (or use the one KUBECONFIG names). PYTEST_ARGS='-m "not cluster"' skips those.
-test: install images
+## test: lint, then every test. The Kubernetes tests start the local cluster and build the
+## images into it (or use the cluster KUBECONFIG names); PYTEST_ARGS='-m "not cluster"' skips
+## them, and with them the cluster and image builds.
+test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -27,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO / "hack" / "cluster"
+IMAGES_SCRIPT = REPO / "hack" / "images" / "build.sh"
 # Starting from cold builds Kubernetes from source; a warm start takes seconds.
 START_TIMEOUT = float(os.environ.get("KUBETRAIN_CLUSTER_START_TIMEOUT", 3600))
 
@@ -57,29 +58,39 @@ def _run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedPr
     )
 
 
-def start_local_cluster(config: pytest.Config) -> str:
-    """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed.
-
-    Its progress (a cold build takes a while) goes to the terminal instead of being captured.
-    """
+def _run_shown(config: pytest.Config, script: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Runs a hack/ script with its progress on the terminal (a cold build takes a while)."""
     capture = config.pluginmanager.getplugin("capturemanager")
     shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with shown:
-        proc = subprocess.run(
-            [str(CLUSTER_DIR / "up.sh")],
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=START_TIMEOUT,
-            check=False,
+        return subprocess.run(
+            [str(script)], stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
         )
+
+
+def start_local_cluster(config: pytest.Config) -> str:
+    """Runs hack/cluster/up.sh and returns the KUBECONFIG it printed."""
+    proc = _run_shown(config, CLUSTER_DIR / "up.sh", START_TIMEOUT)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("export KUBECONFIG="):
         pytest.fail(
-            f"hack/cluster/up.sh failed (exit {proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}\n{(proc.stderr or '')[-3000:]}",
+            f"hack/cluster/up.sh failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}",
             pytrace=False,
         )
     return lines[-1].removeprefix("export KUBECONFIG=")
+
+
+def build_local_images(config: pytest.Config) -> None:
+    """Runs hack/images/build.sh: the project's images, imported into the running cluster.
+
+    Only the Kubernetes suites run images, so only they pay for building them.
+    """
+    proc = _run_shown(config, IMAGES_SCRIPT, START_TIMEOUT)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"hack/images/build.sh failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}",
+            pytrace=False,
+        )
 
 
 def stop_local_cluster() -> None:
@@ -130,8 +141,9 @@ def kube_cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     path = start_local_cluster(pytestconfig)
     cluster = Cluster(kubeconfig=path, local=True, started_here=not running)
     os.environ["KUBECONFIG"] = path
-    refuse_installed_operators(path)
     try:
+        refuse_installed_operators(path)
+        build_local_images(pytestconfig)
         yield cluster
     finally:
         os.environ.pop("KUBECONFIG", None)

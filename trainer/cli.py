@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .server import add_serve_arguments
-from .spec import SpecError, load_job
+from .server.config import DEFAULT_PORT
+from .spec import SpecError, TrainingJob, load_job
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,9 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 130
     model = result["model"]
-    where = Path(model["path"])
-    if where.is_relative_to(Path.cwd()):
-        where = where.relative_to(Path.cwd())
+    where = _shown(Path(model["path"]))
     print(
         f"best epoch {result['bestEpoch']}: {result['metric']} "
         f"{result['validation'].get(result['metric'], float('nan')):.4f}, "
@@ -41,6 +40,8 @@ def _run(args: argparse.Namespace) -> int:
         f"version {model['version']} to {where}",
         file=sys.stderr,
     )
+    if not args.serve:
+        print(next_steps(args.file, job, where.parent), file=sys.stderr)
     print(json.dumps(result))
     if args.serve:
         from .server import serve
@@ -48,6 +49,27 @@ def _run(args: argparse.Namespace) -> int:
         serve_args = serve_parser().parse_args(["--model-dir", str(Path(model["path"]).parent)])
         return serve(serve_args)
     return 0
+
+
+def _shown(path: Path) -> Path:
+    """A path as the user would type it: relative when it is below the working directory."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def next_steps(job_file: str, job: TrainingJob, model_dir: Path) -> str:
+    """What a user can do with the model just exported: serve it here, or go to a cluster."""
+    url = f"localhost:{DEFAULT_PORT}/v1/models/{job.spec.model_name}:predict"
+    mnist = job.spec.dataset.name == "mnist"
+    sample = "@examples/digit-7.json" if mnist else "'{\"instances\": [...]}'"
+    return "\n".join(
+        [
+            "what next:",
+            f"  serve it here:  kubetrain serve --model-dir {model_dir}",
+            f"  then ask it:    curl -d {sample} {url}",
+            f"  on a cluster:   kubectl apply -f {job_file}  (after helm install kubetrain"
+            " charts/kubetrain; see the README's 'On Kubernetes')",
+        ]
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:

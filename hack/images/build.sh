@@ -8,9 +8,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 
 BASE_IMAGE="localhost/kubetrain-base:bookworm"
 "${KT_CLUSTER_SRC}/deps.sh"
+# Build logs and the base tarball live here; a new machine has none of it yet.
+images_cache="${KT_CACHE}/images"
+mkdir -p "${images_cache}"
 
 # --- base image: debootstrap, cached as a tarball ---------------------------------
-base_tar="${KT_CACHE}/images/base-bookworm.tar"
+base_tar="${images_cache}/base-bookworm.tar"
 if ! podman image exists "${BASE_IMAGE}"; then
   if [[ ! -f ${base_tar} ]]; then
     # The same Debian mirror apt uses on this machine.
@@ -21,10 +24,9 @@ if ! podman image exists "${BASE_IMAGE}"; then
     rootfs="$(mktemp -d)"
     trap 'rm -rf "${rootfs}"' EXIT
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-      bookworm "${rootfs}" "${mirror}" >"${KT_CACHE}/debootstrap.log" 2>&1 ||
-      die "debootstrap failed, see ${KT_CACHE}/debootstrap.log"
+      bookworm "${rootfs}" "${mirror}" >"${images_cache}/debootstrap.log" 2>&1 ||
+      die "debootstrap failed, see ${images_cache}/debootstrap.log"
     rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/*
-    mkdir -p "$(dirname "${base_tar}")"
     tar -C "${rootfs}" --numeric-owner -cf "${base_tar}.tmp" .
     mv "${base_tar}.tmp" "${base_tar}"
     rm -rf "${rootfs}"
@@ -35,7 +37,6 @@ if ! podman image exists "${BASE_IMAGE}"; then
 fi
 
 # --- project images ---------------------------------------------------------------
-mkdir -p "${KT_CACHE}/images"
 # The repo is the context, as for `docker build`; its .dockerignore keeps it small.
 ctx="${KT_ROOT}"
 pipconf="$(mktemp)"
@@ -60,8 +61,8 @@ for name in operator trainer; do
   image="localhost/kubetrain-${name}:dev"
   log "building ${image}"
   podman build --quiet --pull=never --build-arg "BASE=${BASE_IMAGE}" "${build_mounts[@]}" \
-    -f "${KT_ROOT}/Dockerfile.${name}" -t "${image}" "${ctx}" >"${KT_CACHE}/images/${name}.log" 2>&1 ||
-    die "podman build of ${image} failed, see ${KT_CACHE}/images/${name}.log"
+    -f "${KT_ROOT}/Dockerfile.${name}" -t "${image}" "${ctx}" >"${images_cache}/${name}.log" 2>&1 ||
+    die "podman build of ${image} failed, see ${images_cache}/${name}.log"
 done
 
 # --- into the cluster -------------------------------------------------------------

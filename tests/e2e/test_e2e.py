@@ -110,7 +110,8 @@ def mnist_job(
     """examples/mnist.yaml, shortened, renamed and adjusted."""
     job = copy.deepcopy(yaml.safe_load((REPO / "examples" / "mnist.yaml").read_text()))
     job["metadata"]["name"] = name
-    job["spec"]["training"]["epochs"] = epochs
+    # Small subsets learn in more, smaller steps than the example's full-data batches.
+    job["spec"]["training"].update(epochs=epochs, batchSize=128, learningRate=0.001)
     if limit is not None:
         job["spec"]["dataset"]["limit"] = limit
     job["spec"]["promotion"].update(promotion or {})
