@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from .spec import Dataset, DatasetName, SplitBy
+from .api.spec import Dataset, DatasetName, SplitBy
 
 
 class DataError(ValueError):
