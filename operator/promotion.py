@@ -152,23 +152,12 @@ def plan(
 ) -> PromotionPlan:
     """What promotion does next for a job in `status`, given its serving Deployment (or None).
 
-    `command` is the model server's entrypoint for a Deployment created now.
+    A job that has just succeeded starts a rollout, or decides not to and says why; a job that
+    is Promoting follows it (`follow`). `command` is the model server's entrypoint for a
+    Deployment created now.
     """
-    if status.get("phase") == Phase.SUCCEEDED:
-        return start(spec, namespace, job_uid, status, deployment, now, command)
-    return follow(spec, status, deployment, now)
-
-
-def start(
-    spec: TrainingJobSpec,
-    namespace: str,
-    job_uid: str,
-    status: dict[str, Any],
-    deployment: dict[str, Any] | None,
-    now: datetime,
-    command: list[str] | None = None,
-) -> PromotionPlan:
-    """Training succeeded: roll its model out, or decide not to and say why."""
+    if status.get("phase") != Phase.SUCCEEDED:
+        return follow(spec, status, deployment, now)
     name = spec.serving_deployment
     model = status.get("model")
     if not model:

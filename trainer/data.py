@@ -235,9 +235,8 @@ def load_planesnet(source: Path) -> Source:
         return load_planesnet_json(source)
     if not source.is_dir():
         raise DataError(f"{source}: no such file or directory")
-    for candidate in (source / "planesnet.json",):
-        if candidate.is_file():
-            return load_planesnet_json(candidate)
+    if (source / "planesnet.json").is_file():
+        return load_planesnet_json(source / "planesnet.json")
     nested = source / "planesnet"
     if not any(source.glob("*.png")) and nested.is_dir():
         return load_planesnet_folder(nested)
