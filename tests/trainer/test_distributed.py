@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kubetrain.trainer.api.records import Record, Start
+from kubetrain.trainer.api.records import Epoch, Record, Start
 from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.runner import Display, JobFailed, run_local
 
@@ -33,8 +33,8 @@ class Recorder(Display):
             self.kill_at
             and not self.killed
             and worker == 0
-            and record["type"] == "epoch"
-            and record["epoch"] == self.kill_at
+            and isinstance(record, Epoch)
+            and record.epoch == self.kill_at
         ):
             (start,) = [r for r in self.records[1] if r["type"] == "start"][-1:]
             os.kill(start["pid"], signal.SIGKILL)
