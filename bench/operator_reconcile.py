@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from kubetrain.operator.kube import Kube, pods_path, services_path
 from kubetrain.operator.manifests import headless_service, worker_pod
-from kubetrain.trainer.spec import parse_job
+from kubetrain.trainer.api.spec import parse_job
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "trainingjobs.kubetrain.io.yaml"

@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 
 from fashion_mnist import prepare as prepare_fashion_mnist
+from kubetrain.trainer.api.records import Epoch, Record, Result
+from kubetrain.trainer.api.spec import load_job
 from kubetrain.trainer.runner import Display, run_local
-from kubetrain.trainer.spec import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -72,13 +73,13 @@ CASES = {
 
 
 class Quiet(Display):
-    def show(self, worker: int, record: dict) -> None:
-        if worker == 0 and record["type"] == "epoch":
-            m = record["metrics"]
-            print(f"    epoch {record['epoch']}: val_accuracy {m['val_accuracy']:.4f}", flush=True)
+    def show(self, worker: int, record: Record) -> None:
+        if worker == 0 and isinstance(record, Epoch):
+            accuracy = record.metrics["val_accuracy"]
+            print(f"    epoch {record.epoch}: val_accuracy {accuracy:.4f}", flush=True)
 
 
-def run(path: Path, overrides: list[str], workdir: Path) -> dict:
+def run(path: Path, overrides: list[str], workdir: Path) -> Result:
     return run_local(load_job(path, overrides), workdir, display=Quiet())
 
 
@@ -89,13 +90,13 @@ def accuracy(name: str, workdir: Path) -> dict:
     result = run(path, overrides, workdir / name)
     row = {
         "case": name,
-        "test_accuracy": result["test_accuracy"],
+        "test_accuracy": result.test_accuracy,
         "target": target,
-        "met": result["test_accuracy"] >= target,
-        "best_epoch": result["bestEpoch"],
-        "val_accuracy": result["validation"]["val_accuracy"],
-        "test_examples": result["testExamples"],
-        "wall_seconds": result["wallTimeSeconds"],
+        "met": result.test_accuracy >= target,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.validation["val_accuracy"],
+        "test_examples": result.test_examples,
+        "wall_seconds": result.wall_time_seconds,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -114,7 +115,7 @@ def throughput(workdir: Path) -> dict:
             ],
             workdir / f"throughput-{replicas}",
         )
-        rates[replicas] = result["examplesPerSecond"]
+        rates[replicas] = result.examples_per_second
     row = {
         "case": "throughput",
         "examples_per_second_1_worker": rates[1],
@@ -138,8 +139,8 @@ def example_time(workdir: Path) -> dict:
     seconds = {}
     for label, overrides in (("now", []), ("earlier", EARLIER_EXAMPLE)):
         result = run(MNIST, overrides, workdir / f"example-{label}")
-        seconds[label] = result["wallTimeSeconds"]
-        seconds[f"{label}_test_accuracy"] = result["test_accuracy"]
+        seconds[label] = result.wall_time_seconds
+        seconds[f"{label}_test_accuracy"] = result.test_accuracy
     row = {
         "case": "example-time",
         **seconds,

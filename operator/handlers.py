@@ -37,21 +37,17 @@ from kubetrain.operator.manifests import (
     worker_pod,
 )
 from kubetrain.operator.settings import SETTINGS
-from kubetrain.operator.status import (
-    ConditionType,
-    Phase,
-    epoch_records,
-    now_iso,
-    parse_result,
-    parse_time,
-    progress_update,
-    replace_maps,
-    result_update,
-    set_condition,
+from kubetrain.operator.status import epoch_records, progress_update, replace_maps, result_update
+from kubetrain.trainer.api.records import parse_result
+from kubetrain.trainer.api.spec import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    SpecError,
+    TrainingJob,
+    parse_job,
 )
-from kubetrain.trainer.spec import API_GROUP, API_VERSION, SpecError, TrainingJob, parse_job
-
-PLURAL = "trainingjobs"
+from kubetrain.trainer.api.status import Phase, Reason
 
 _kube: Kube | None = None
 
@@ -130,7 +126,7 @@ def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
     ):
         if claim and kube().get(pvc_path(namespace, claim)) is None:
             return reconcile.Problem(
-                "ClaimNotFound",
+                Reason.CLAIM_NOT_FOUND,
                 f"{field}: PersistentVolumeClaim {claim!r} does not exist in {namespace}; "
                 "waiting for it",
                 permanent=False,
@@ -150,7 +146,7 @@ def _create_workers(
             k.create(pods_path(namespace), pod)
     except ApiError as err:
         if err.status in (400, 422):  # the API server refuses the pod: no retry can help
-            return reconcile.Problem("PodRejected", err.message, permanent=True)
+            return reconcile.Problem(Reason.POD_REJECTED, err.message, permanent=True)
         raise kopf.TemporaryError(f"creating worker pods: {err}", delay=5) from err
     return None
 
@@ -168,137 +164,32 @@ def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) ->
     return progress_update(status, epoch_records(text), metric)
 
 
-def _decided(
-    status: dict[str, Any], promoted: bool, reason: str, message: str, now: datetime
-) -> dict[str, Any]:
-    return {
-        "phase": Phase.PROMOTED if promoted else Phase.SUCCEEDED,
-        "conditions": set_condition(
-            status.get("conditions") or [],
-            ConditionType.PROMOTED,
-            promoted,
-            reason,
-            message,
-            now_iso(now),
-        ),
-    }
-
-
 def _promote(
     body: dict[str, Any], job: TrainingJob, status: dict[str, Any], now: datetime
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """Start or follow the rollout of the job's model; (status update, events)."""
-    spec = job.spec
     namespace = body["metadata"]["namespace"]
-    name = spec.serving_deployment
+    name = job.spec.serving_deployment
     path = deployments_path(namespace, name)
     k = kube()
-    dep = k.get(path)
-    annotations = (dep or {}).get("metadata", {}).get("annotations") or {}
-
-    if status.get("phase") == Phase.SUCCEEDED:
-        model = status.get("model")
-        if not model:
-            msg = "the chief's result names no exported model"
-            return _decided(status, False, "NoModel", msg, now), [("Warning", "NoModel", msg)]
-        if (
-            dep is not None
-            and (dep["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by")
-            != "kubetrain-operator"
-        ):
-            msg = f"Deployment {name} exists and is not managed by kubetrain; not touching it"
-            return (
-                _decided(status, False, "DeploymentNotManaged", msg, now),
-                [("Warning", "DeploymentNotManaged", msg)],
-            )
-        best = status.get("bestCheckpoint") or {}
-        metric = best.get("metric") or spec.training.metric
-        value = best.get("value")
-        version = int(model["version"])
-        uid = body["metadata"]["uid"]
-        previous = promotion.served_version(dep) if dep else None
-        if dep is not None and annotations.get(promotion.ANN_JOB) == uid and previous == version:
-            # Patched on an earlier tick whose status update was lost.
-            prev_raw = annotations.get(promotion.ANN_PREVIOUS_VERSION)
-            previous = int(prev_raw) if prev_raw else None
-        else:
-            verdict = promotion.gate(metric, value, annotations, spec.promotion.min_improvement)
-            if not verdict.promote:
-                return (
-                    _decided(status, False, verdict.reason, verdict.message, now),
-                    [("Normal", "NotPromoted", verdict.message)],
-                )
-            new = promotion.served_annotations(
-                version, metric, value, uid, annotations if dep else None
-            )
-            if dep is None:
-                k.create(services_path(namespace), promotion.service(spec, namespace))
-                k.create(
-                    deployments_path(namespace),
-                    promotion.deployment(spec, namespace, version, new, SETTINGS.serving_command),
-                )
-            else:
-                k.strategic_patch(path, promotion.version_patch(version, new))
-        serving = {
-            "deployment": name,
-            "version": version,
-            "previousVersion": previous,
-            "metric": metric,
-            "value": value,
-        }
-        msg = f"rolling {name} out to {model['name']} version {version}" + (
-            f" (serving version {previous})" if previous is not None else ""
-        )
-        return (
-            {"phase": Phase.PROMOTING, "promotionStartTime": now_iso(now), "serving": serving},
-            [("Normal", "Promoting", msg)],
-        )
-
-    # Promoting: follow the rollout.
-    serving = dict(status.get("serving") or {})
-    version, previous = serving.get("version"), serving.get("previousVersion")
-    if dep is None:
-        msg = f"Deployment {name} was deleted during the rollout"
-        return (
-            _decided(status, False, "DeploymentDeleted", msg, now),
-            [("Warning", "DeploymentDeleted", msg)],
-        )
-    if promotion.served_version(dep) != version:
-        msg = f"{name} no longer pins version {version}; another rollout replaced it"
-        return _decided(status, False, "Superseded", msg, now), [("Warning", "Superseded", msg)]
-    state, detail = promotion.rollout_state(
-        dep,
-        parse_time(status.get("promotionStartTime")),
+    step = promotion.plan(
+        job.spec,
+        namespace,
+        body["metadata"]["uid"],
+        status,
+        k.get(path),
         now,
-        spec.promotion.progress_deadline_seconds,
+        SETTINGS.serving_command,
     )
-    if state == "Progressing":
-        return {}, []
-    if state == "Complete":
-        serving["promotedAt"] = now_iso(now)
-        msg = f"{name} serves version {version}" + (
-            f" (was {previous})" if previous is not None else ""
-        )
-        update = _decided(status, True, "RolledOut", msg, now)
-        update.update({"serving": serving, "served": f"{name}:{version}"})
-        return update, [("Normal", "Promoted", msg)]
-    if previous is not None:
-        restored = {
-            promotion.ANN_VERSION: annotations.get(promotion.ANN_PREVIOUS_VERSION),
-            promotion.ANN_METRIC: annotations.get(promotion.ANN_PREVIOUS_METRIC),
-            promotion.ANN_VALUE: annotations.get(promotion.ANN_PREVIOUS_VALUE),
-            promotion.ANN_JOB: None,
-            promotion.ANN_PREVIOUS_VERSION: None,
-            promotion.ANN_PREVIOUS_METRIC: None,
-            promotion.ANN_PREVIOUS_VALUE: None,
-        }
-        k.strategic_patch(path, promotion.version_patch(previous, restored))
-        msg = f"{detail}; {name} rolled back to version {previous}"
-    else:  # it never served anything else: remove it rather than leave it broken
+    for obj in step.create:
+        where = services_path if obj["kind"] == "Service" else deployments_path
+        k.create(where(namespace), obj)
+    if step.patch is not None:
+        k.strategic_patch(path, step.patch)
+    if step.remove:
         k.delete(path)
         k.delete(services_path(namespace, name))
-        msg = f"{detail}; {name} removed (it had no earlier version)"
-    return _decided(status, False, "RolloutFailed", msg, now), [("Warning", "RolloutFailed", msg)]
+    return step.status, step.events
 
 
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=SETTINGS.interval)
@@ -325,7 +216,7 @@ def reconcile_job(
             }
         )
     except SpecError as err:
-        update = reconcile.reject(status, "InvalidSpec", str(err), now)
+        update = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
         if update.events:
             for type_, reason, message in update.events:
                 kopf.event(body, type=type_, reason=reason, message=message)
@@ -358,8 +249,8 @@ def reconcile_job(
     if succeeded_now:
         chief = next((p for p in pods if p["index"] == 0 and p["phase"] == "Succeeded"), None)
         result = parse_result(chief["message"] if chief else None)
-        if result:
-            plan.status.update(result_update(result, job.spec.training.metric))
+        if result is not None:
+            plan.status.update(result_update(result))
     for pod, grace in plan.delete:
         kube().delete(pods_path(namespace, pod), grace_seconds=grace)
     if plan.promote:

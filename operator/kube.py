@@ -2,7 +2,7 @@
 
 The official client loads kubeconfig or in-cluster credentials; its generated typed API is
 skipped because the operator works on plain dicts (as kopf hands them over), which also keeps
-patches exact: strategic merge for Deployments, JSON merge elsewhere.
+patches exact: strategic merge for Deployments (kopf patches the jobs' status itself).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from kubernetes import client, config
+from kubetrain.trainer.api.spec import API_GROUP, API_VERSION, PLURAL
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
 
@@ -123,9 +124,6 @@ class Kube:
             if err.status != 404:
                 raise
 
-    def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.request("PATCH", path, patch, content_type="application/merge-patch+json")
-
     def strategic_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self.request(
             "PATCH", path, patch, content_type="application/strategic-merge-patch+json"
@@ -149,4 +147,4 @@ def pvc_path(namespace: str, name: str) -> str:
 
 
 def trainingjob_path(namespace: str, name: str) -> str:
-    return f"/apis/kubetrain.io/v1alpha1/namespaces/{namespace}/trainingjobs/{name}"
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}"

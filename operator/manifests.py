@@ -12,7 +12,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetrain.trainer.spec import TrainingJob, TrainingJobSpec
+from kubetrain.trainer.api import tfconfig
+from kubetrain.trainer.api.entrypoints import (
+    ATTEMPT_ENV,
+    JOB_ENV,
+    WORKER_COMMAND,
+    worker_arguments,
+)
+from kubetrain.trainer.api.layout import job_workdir, model_root
+from kubetrain.trainer.api.spec import TrainingJob, TrainingJobSpec
 
 LABEL_JOB = "kubetrain.io/job"
 LABEL_ROLE = "kubetrain.io/role"
@@ -36,7 +44,7 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 class WorkerOptions:
     """Operator-wide choices about worker pods (not per job)."""
 
-    command: list[str] = field(default_factory=lambda: ["kubetrain", "worker"])
+    command: list[str] = field(default_factory=lambda: list(WORKER_COMMAND))
     """Entrypoint before `--workdir/--model-root`; another image may need another one."""
 
 
@@ -54,8 +62,9 @@ def worker_address(job: str, namespace: str, index: int) -> str:
 
 
 def tf_config(job: str, namespace: str, replicas: int, index: int) -> str:
-    cluster = {"worker": [worker_address(job, namespace, i) for i in range(replicas)]}
-    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    """Worker `index`'s TF_CONFIG, naming its peers by their stable DNS names."""
+    addresses = [worker_address(job, namespace, i) for i in range(replicas)]
+    return tfconfig.tf_config(addresses, index)
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def job_labels(job: str) -> dict[str, str]:
 
 
 def job_document(job: TrainingJob) -> str:
-    """The job as the worker reads it from `KUBETRAIN_JOB`: name, namespace and full spec."""
+    """The job as the worker reads it from `JOB_ENV`: name, namespace and full spec."""
     doc = job.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
     doc["metadata"] = {
         k: v for k, v in (("name", job.metadata.name), ("namespace", job.metadata.namespace)) if v
@@ -85,8 +94,8 @@ def job_document(job: TrainingJob) -> str:
 
 def storage_paths(spec: TrainingJobSpec, job: str) -> tuple[str, str]:
     """(workdir, model root) on the storage volume."""
-    root = spec.storage.mount_path.rstrip("/")
-    return f"{root}/jobs/{job}", f"{root}/models"
+    mount = spec.storage.mount_path
+    return job_workdir(mount, job), model_root(mount)
 
 
 def headless_service(body: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +129,7 @@ def worker_pod(
     spec = job.spec
     name = job.metadata.name
     namespace = body["metadata"]["namespace"]
-    workdir, model_root = storage_paths(spec, name)
+    workdir, models = storage_paths(spec, name)
     if spec.storage.claim_name:
         storage = {"persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
     else:  # a quick trial: checkpoints do not outlive the pods
@@ -143,14 +152,14 @@ def worker_pod(
         "name": WORKER_CONTAINER,
         "image": spec.workers.image,
         "imagePullPolicy": spec.workers.image_pull_policy,
-        "command": [*options.command, "--workdir", workdir, "--model-root", model_root],
+        "command": [*options.command, *worker_arguments(workdir, models)],
         "env": [
             {
-                "name": "TF_CONFIG",
+                "name": tfconfig.ENV,
                 "value": tf_config(name, namespace, spec.workers.replicas, index),
             },
-            {"name": "KUBETRAIN_JOB", "value": job_document(job)},
-            {"name": "KUBETRAIN_ATTEMPT", "value": str(attempt)},
+            {"name": JOB_ENV, "value": job_document(job)},
+            {"name": ATTEMPT_ENV, "value": str(attempt)},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],

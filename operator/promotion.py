@@ -1,191 +1,37 @@
-"""Promotion of a job's exported model to its serving Deployment: manifests, gate, rollout.
+"""Promotion as a pure planner: observe the Deployment and the job, decide, return the actions.
 
-The serving Deployment outlives the jobs that promote to it, so it has no owner reference;
-the metric of the version it serves is kept on it as annotations, which is what the gate of
-the next job compares against. Pure functions; the handler does the API calls.
+A job that succeeded starts a rollout of its model (or decides not to: no model, a Deployment
+someone else owns, a model no better than the served one); a job that is Promoting follows the
+rollout to Promoted, or rolls the Deployment back when it fails. The served model's metric is
+read from the Deployment's annotations. `plan()` talks to nothing: the handler fetches the
+Deployment, calls it, and carries out what it returns, so every outcome is testable without a
+cluster and a tick repeated after a lost status update re-derives the same decision.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetrain.operator.manifests import CONTAINER_SECURITY_CONTEXT, MANAGED_BY
-from kubetrain.operator.status import better
-from kubetrain.trainer.spec import TrainingJobSpec
-
-SERVER_CONTAINER = "server"
-SERVER_PORT = 8501
-LABEL_SERVING = "kubetrain.io/serving"
-ANN_VERSION = "kubetrain.io/model-version"
-ANN_METRIC = "kubetrain.io/metric"
-ANN_VALUE = "kubetrain.io/metric-value"
-ANN_JOB = "kubetrain.io/promoted-by"
-ANN_PREVIOUS_VERSION = "kubetrain.io/previous-version"
-ANN_PREVIOUS_METRIC = "kubetrain.io/previous-metric"
-ANN_PREVIOUS_VALUE = "kubetrain.io/previous-metric-value"
-PRESTOP_SECONDS = 5
-"""Endpoints drop a terminating pod a moment after it is told to stop; serve until then."""
-
-
-def serving_labels(deployment: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "kubetrain-serving", LABEL_SERVING: deployment}
-
-
-def model_dir(spec: TrainingJobSpec) -> str:
-    return f"{spec.storage.mount_path.rstrip('/')}/models/{spec.model_name}"
-
-
-def served_annotations(
-    version: int,
-    metric: str,
-    value: float | None,
-    job_uid: str,
-    previous: dict[str, str] | None = None,
-) -> dict[str, str | None]:
-    """What the Deployment records about the version it serves and the one before it."""
-    previous = previous or {}
-    return {
-        ANN_VERSION: str(version),
-        ANN_METRIC: metric,
-        ANN_VALUE: repr(value) if value is not None else None,
-        ANN_JOB: job_uid,
-        ANN_PREVIOUS_VERSION: previous.get(ANN_VERSION),
-        ANN_PREVIOUS_METRIC: previous.get(ANN_METRIC),
-        ANN_PREVIOUS_VALUE: previous.get(ANN_VALUE),
-    }
-
-
-def deployment(
-    spec: TrainingJobSpec,
-    namespace: str,
-    version: int,
-    annotations: dict[str, str | None],
-    command: list[str] | None = None,
-) -> dict[str, Any]:
-    """The serving Deployment; only `MODEL_VERSION` differs between two promotions."""
-    name = spec.serving_deployment
-    labels = serving_labels(name)
-    command = command or ["kubetrain", "serve"]
-    probe = {
-        "httpGet": {"path": "/readyz", "port": SERVER_PORT},
-        "periodSeconds": 2,
-        "failureThreshold": 2,
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {**labels, **MANAGED_BY},
-            "annotations": {k: v for k, v in annotations.items() if v is not None},
-        },
-        "spec": {
-            "replicas": spec.promotion.replicas,
-            "selector": {"matchLabels": labels},
-            "progressDeadlineSeconds": spec.promotion.progress_deadline_seconds,
-            "revisionHistoryLimit": 5,
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "containers": [
-                        {
-                            "name": SERVER_CONTAINER,
-                            "image": spec.workers.image,
-                            "imagePullPolicy": spec.workers.image_pull_policy,
-                            "command": [
-                                *command,
-                                "--model-dir",
-                                model_dir(spec),
-                                "--port",
-                                str(SERVER_PORT),
-                            ],
-                            "env": [{"name": "MODEL_VERSION", "value": str(version)}],
-                            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-                            "readinessProbe": probe,
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-                                "periodSeconds": 10,
-                                "failureThreshold": 3,
-                                "initialDelaySeconds": 10,
-                            },
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
-                            },
-                            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-                            "volumeMounts": [
-                                {
-                                    "name": "storage",
-                                    "mountPath": spec.storage.mount_path,
-                                    "readOnly": True,
-                                }
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {
-                            "name": "storage",
-                            "persistentVolumeClaim": {
-                                "claimName": spec.storage.claim_name,
-                                "readOnly": True,
-                            },
-                        }
-                    ],
-                },
-            },
-        },
-    }
-
-
-def version_patch(version: int, annotations: dict[str, str | None]) -> dict[str, Any]:
-    """Strategic merge patch that changes the served version and nothing else in the pods."""
-    return {
-        "metadata": {"annotations": annotations},
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": SERVER_CONTAINER,
-                            "env": [{"name": "MODEL_VERSION", "value": str(version)}],
-                        }
-                    ]
-                }
-            }
-        },
-    }
-
-
-def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
-    name = spec.serving_deployment
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {**serving_labels(name), **MANAGED_BY},
-        },
-        "spec": {
-            "selector": serving_labels(name),
-            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT}],
-        },
-    }
+from kubetrain.operator import serving
+from kubetrain.operator.serving import (
+    ANN_JOB,
+    ANN_METRIC,
+    ANN_PREVIOUS_VERSION,
+    ANN_VALUE,
+    served_version,
+)
+from kubetrain.operator.status import now_iso, parse_time, set_condition
+from kubetrain.trainer.api.metrics import better
+from kubetrain.trainer.api.spec import TrainingJobSpec
+from kubetrain.trainer.api.status import ConditionType, Phase, Reason
 
 
 @dataclass
 class Gate:
     promote: bool
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -196,39 +42,29 @@ def gate(
     served_metric = annotations.get(ANN_METRIC)
     served_raw = annotations.get(ANN_VALUE)
     if served_raw is None:
-        return Gate(True, "NothingServed", "no model with a recorded metric is being served")
+        return Gate(True, Reason.NOTHING_SERVED, "no model with a recorded metric is being served")
     served = float(served_raw)
     if served_metric != metric:
         return Gate(
             False,
-            "NotComparable",
+            Reason.NOT_COMPARABLE,
             f"the served model was chosen by {served_metric}, this one by {metric}",
         )
     if value is None:
-        return Gate(False, "NoMetric", f"the result has no {metric}")
+        return Gate(False, Reason.NO_METRIC, f"the result has no {metric}")
     if better(metric, value, served, min_improvement):
         return Gate(
             True,
-            "Better",
+            Reason.BETTER,
             f"{metric} {value:.4f} beats served {served:.4f}"
             + (f" by more than {min_improvement}" if min_improvement else ""),
         )
     return Gate(
         False,
-        "NotBetter",
+        Reason.NOT_BETTER,
         f"{metric} {value:.4f} does not beat served {served:.4f}"
         + (f" by more than {min_improvement}" if min_improvement else ""),
     )
-
-
-def served_version(dep: dict[str, Any]) -> int | None:
-    """The version the Deployment's pod template pins."""
-    for container in dep["spec"]["template"]["spec"]["containers"]:
-        if container["name"] == SERVER_CONTAINER:
-            for env in container.get("env") or []:
-                if env["name"] == "MODEL_VERSION" and str(env.get("value", "")).isdigit():
-                    return int(env["value"])
-    return None
 
 
 ROLLOUT_SLACK = timedelta(seconds=30)
@@ -266,3 +102,160 @@ def rollout_state(
         f"{st.get('updatedReplicas', 0)} of {desired} updated, "
         f"{st.get('availableReplicas', 0)} available"
     )
+
+
+@dataclass
+class PromotionPlan:
+    status: dict[str, Any] = field(default_factory=dict)
+    """Status fields to patch."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type, reason, message) Events to post on the job."""
+    create: list[dict[str, Any]] = field(default_factory=list)
+    """Objects to create, in order: the serving Service, then its Deployment."""
+    patch: dict[str, Any] | None = None
+    """A strategic merge patch for the serving Deployment."""
+    remove: bool = False
+    """Delete the serving Deployment and its Service."""
+
+
+def _decided(
+    status: dict[str, Any],
+    promoted: bool,
+    reason: Reason,
+    message: str,
+    now: datetime,
+    event: tuple[str, str],
+) -> PromotionPlan:
+    """The Promoted condition set, which ends promotion one way or the other."""
+    conditions = set_condition(
+        status.get("conditions") or [],
+        ConditionType.PROMOTED,
+        promoted,
+        reason,
+        message,
+        now_iso(now),
+    )
+    return PromotionPlan(
+        status={"phase": Phase.PROMOTED if promoted else Phase.SUCCEEDED, "conditions": conditions},
+        events=[(*event, message)],
+    )
+
+
+def plan(
+    spec: TrainingJobSpec,
+    namespace: str,
+    job_uid: str,
+    status: dict[str, Any],
+    deployment: dict[str, Any] | None,
+    now: datetime,
+    command: list[str] | None = None,
+) -> PromotionPlan:
+    """What promotion does next for a job in `status`, given its serving Deployment (or None).
+
+    A job that has just succeeded starts a rollout, or decides not to and says why; a job that
+    is Promoting follows it (`follow`). `command` is the model server's entrypoint for a
+    Deployment created now.
+    """
+    if status.get("phase") != Phase.SUCCEEDED:
+        return follow(spec, status, deployment, now)
+    name = spec.serving_deployment
+    model = status.get("model")
+    if not model:
+        message = "the chief's result names no exported model"
+        return _decided(status, False, Reason.NO_MODEL, message, now, ("Warning", Reason.NO_MODEL))
+    if deployment is not None and not serving.is_managed(deployment):
+        message = f"Deployment {name} exists and is not managed by kubetrain; not touching it"
+        reason = Reason.DEPLOYMENT_NOT_MANAGED
+        return _decided(status, False, reason, message, now, ("Warning", reason))
+    annotations = (deployment or {}).get("metadata", {}).get("annotations") or {}
+    best = status.get("bestCheckpoint") or {}
+    metric = best.get("metric") or spec.training.metric
+    value = best.get("value")
+    version = int(model["version"])
+    previous = served_version(deployment) if deployment else None
+    step = PromotionPlan()
+    if deployment is not None and annotations.get(ANN_JOB) == job_uid and previous == version:
+        # Patched on an earlier tick whose status update was lost: only record it.
+        previous_raw = annotations.get(ANN_PREVIOUS_VERSION)
+        previous = int(previous_raw) if previous_raw else None
+    else:
+        verdict = gate(metric, value, annotations, spec.promotion.min_improvement)
+        if not verdict.promote:
+            return _decided(
+                status, False, verdict.reason, verdict.message, now, ("Normal", Reason.NOT_PROMOTED)
+            )
+        new = serving.served_annotations(
+            version, metric, value, job_uid, annotations if deployment else None
+        )
+        if deployment is None:
+            step.create = [
+                serving.service(spec, namespace),
+                serving.deployment(spec, namespace, version, new, command),
+            ]
+        else:
+            step.patch = serving.version_patch(version, new)
+    message = f"rolling {name} out to {model['name']} version {version}" + (
+        f" (serving version {previous})" if previous is not None else ""
+    )
+    step.status = {
+        "phase": Phase.PROMOTING,
+        "promotionStartTime": now_iso(now),
+        "serving": {
+            "deployment": name,
+            "version": version,
+            "previousVersion": previous,
+            "metric": metric,
+            "value": value,
+        },
+    }
+    step.events = [("Normal", Reason.PROMOTING, message)]
+    return step
+
+
+def follow(
+    spec: TrainingJobSpec,
+    status: dict[str, Any],
+    deployment: dict[str, Any] | None,
+    now: datetime,
+) -> PromotionPlan:
+    """Promoting: wait for the rollout, then record it, or roll back one that failed."""
+    name = spec.serving_deployment
+    served = dict(status.get("serving") or {})
+    version, previous = served.get("version"), served.get("previousVersion")
+    if deployment is None:
+        message = f"Deployment {name} was deleted during the rollout"
+        reason = Reason.DEPLOYMENT_DELETED
+        return _decided(status, False, reason, message, now, ("Warning", reason))
+    if served_version(deployment) != version:
+        message = f"{name} no longer pins version {version}; another rollout replaced it"
+        reason = Reason.SUPERSEDED
+        return _decided(status, False, reason, message, now, ("Warning", reason))
+    state, detail = rollout_state(
+        deployment,
+        parse_time(status.get("promotionStartTime")),
+        now,
+        spec.promotion.progress_deadline_seconds,
+    )
+    if state == "Progressing":
+        return PromotionPlan()
+    if state == "Complete":
+        message = f"{name} serves version {version}" + (
+            f" (was {previous})" if previous is not None else ""
+        )
+        step = _decided(status, True, Reason.ROLLED_OUT, message, now, ("Normal", Reason.PROMOTED))
+        step.status.update(
+            {"serving": {**served, "promotedAt": now_iso(now)}, "served": f"{name}:{version}"}
+        )
+        return step
+    if previous is not None:
+        annotations = deployment["metadata"].get("annotations") or {}
+        message = f"{detail}; {name} rolled back to version {previous}"
+        patch = serving.version_patch(previous, serving.restored_annotations(annotations))
+        remove = False
+    else:  # it never served anything else: remove it rather than leave it broken
+        message = f"{detail}; {name} removed (it had no earlier version)"
+        patch, remove = None, True
+    reason = Reason.ROLLOUT_FAILED
+    step = _decided(status, False, reason, message, now, ("Warning", reason))
+    step.patch, step.remove = patch, remove
+    return step

@@ -1,7 +1,8 @@
 """Decide what a TrainingJob needs next, from its spec, its status and its worker pods.
 
-`plan()` is a pure function: the handler observes (status, pods), calls it, carries out the
-returned actions and patches the returned status. Every decision can be re-made from what
+`plan()` is a pure function made of named steps (finished, problem, deadline, restart,
+launch, ...): the handler observes (status, pods), calls it, carries out the returned actions
+and patches the returned status. Every decision can be re-made from what
 the API server holds, so running it twice, or after an operator restart, is harmless:
 creating an existing pod is a 409, and each status value is computed, not incremented
 blindly (a restart sets `restarts` to the observed attempt + 1).
@@ -14,11 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetrain.operator.manifests import pod_name
-from kubetrain.operator.status import ConditionType, Phase, now_iso, parse_time, set_condition
-from kubetrain.trainer.spec import TrainingJobSpec
-
-PERMANENT_EXIT_CODE = 3
-"""The trainer exits 3 for a bad spec or bad data: restarting cannot help."""
+from kubetrain.operator.status import now_iso, parse_time, set_condition
+from kubetrain.trainer.api.records import EXIT_PERMANENT
+from kubetrain.trainer.api.spec import TrainingJobSpec
+from kubetrain.trainer.api.status import ConditionType, Phase, Reason
 
 DELETE_GRACE_SECONDS = 1
 """Grace for pods the operator deletes: TensorFlow ignores SIGTERM, so SIGKILL follows soon."""
@@ -33,7 +33,7 @@ FINISHED_TRAINING = {Phase.SUCCEEDED, Phase.PROMOTING, Phase.PROMOTED, Phase.FAI
 class Problem:
     """Something wrong with the job that its schema could not catch."""
 
-    reason: str
+    reason: Reason
     message: str
     permanent: bool
 
@@ -165,6 +165,213 @@ class _Builder:
         return self.plan
 
 
+@dataclass
+class _Job:
+    """What every step reads: the job, its observed status and pods, and the plan being built."""
+
+    spec: TrainingJobSpec
+    name: str
+    status: dict[str, Any]
+    pods: list[dict[str, Any]]
+    now: datetime
+    b: _Builder
+    restarts: int = 0
+    current: list[dict[str, Any]] = field(default_factory=list)
+    """This attempt's pods."""
+    stale: list[dict[str, Any]] = field(default_factory=list)
+    """Pods of earlier attempts, on their way out."""
+    completed: list[int] = field(default_factory=list)
+    """Workers that exited 0 in this attempt."""
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.workers.replicas
+
+    @property
+    def by_index(self) -> dict[int, dict[str, Any]]:
+        return {p["index"]: p for p in self.current}
+
+    def done(self, pods: list[dict[str, Any]] | None = None) -> Plan:
+        """The plan, with the worker counts of `pods` (this attempt's by default)."""
+        counted = self.current if pods is None else pods
+        completed = self.completed if pods is None else []
+        self.b.new.update(worker_counts(self.replicas, counted, completed))
+        return self.b.finish()
+
+    def fail(self, reason: str, message: str, kill_running: bool = False) -> Plan:
+        self.b.fail(ConditionType.RUNNING, reason, message)
+        policy = self.spec.run_policy.clean_pod_policy
+        self.b.plan.delete = cleanup(self.pods, policy, self.now, kill_running)
+        return self.done()
+
+
+def _finished(job: _Job) -> Plan | None:
+    """Training has ended: clean up, promote if that is due, and delete after the TTL."""
+    if job.status.get("phase") not in FINISHED_TRAINING:
+        return None
+    spec, status, now, b = job.spec, job.status, job.now, job.b
+    policy = spec.run_policy
+    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, now)
+    phase = status.get("phase")
+    if phase == Phase.PROMOTING or (
+        phase == Phase.SUCCEEDED and not promotion_decided(spec, status)
+    ):
+        b.plan.promote = True
+    elif policy.ttl_seconds_after_finished is not None and is_finished(spec, status):
+        done = parse_time(status.get("completionTime")) or now
+        if now >= done + timedelta(seconds=policy.ttl_seconds_after_finished):
+            b.plan.delete_job = True
+    return job.done()
+
+
+def _initialize(job: _Job) -> None:
+    """A job seen for the first time is Pending at attempt 0."""
+    if job.status.get("phase") is None:
+        epochs = job.spec.training.epochs
+        job.b.new["phase"] = Phase.PENDING
+        job.b.new["restarts"] = 0
+        job.b.new["totalEpochs"] = epochs
+        job.b.new["epochProgress"] = f"0/{epochs}"
+
+
+def _problem(job: _Job, problem: Problem | None) -> Plan | None:
+    """Something the schema could not catch: fail at once, or wait (reporting it once)."""
+    b = job.b
+    if problem is None:
+        b.condition(ConditionType.VALID, True, Reason.VALID, "")
+        if not b.new.get("startTime"):
+            b.new["startTime"] = b.stamp
+            b.event("Normal", Reason.STARTED, f"Starting {job.replicas} worker pod(s)")
+        return None
+    b.condition(ConditionType.VALID, False, problem.reason, problem.message)
+    if problem.permanent:
+        return job.fail(problem.reason, problem.message)
+    changed = (job.status.get("conditions") or []) != b.new["conditions"]
+    if changed or job.status.get("phase") is None:
+        b.event("Warning", problem.reason, problem.message)
+    return job.done()
+
+
+def _deadline(job: _Job) -> Plan | None:
+    """`activeDeadlineSeconds` has passed: fail, stopping running workers whatever the policy."""
+    deadline = job.spec.run_policy.active_deadline_seconds
+    started = parse_time(job.b.new.get("startTime"))
+    if deadline is None or not started or job.now < started + timedelta(seconds=deadline):
+        return None
+    return job.fail(
+        Reason.DEADLINE_EXCEEDED,
+        f"the job ran longer than activeDeadlineSeconds ({deadline}s)",
+        kill_running=True,
+    )
+
+
+def _restarting(job: _Job) -> Plan | None:
+    """A restart is under way: the old attempt's pods must be gone before new ones start."""
+    if not job.stale:
+        return None
+    job.b.new["phase"] = Phase.RESTARTING
+    job.b.plan.delete = _deletions(job.stale, job.now, lambda _: True)
+    return job.done()
+
+
+def _permanent_error(job: _Job) -> Plan | None:
+    """A worker exited with the trainer's permanent code: no restart can help."""
+    for pod in job.current:
+        if pod["exitCode"] == EXIT_PERMANENT:
+            return job.fail(Reason.PERMANENT_ERROR, _describe_failure(pod))
+    return None
+
+
+def _succeeded(job: _Job) -> Plan | None:
+    """The chief exited 0: it trained, exported and wrote its result."""
+    job.completed = sorted(
+        set(job.completed) | {p["index"] for p in job.current if p["phase"] == "Succeeded"}
+    )
+    chief = job.by_index.get(0)
+    if chief is None or chief["phase"] != "Succeeded":
+        return None
+    b, policy = job.b, job.spec.run_policy
+    b.new["phase"] = Phase.SUCCEEDED
+    b.new["completionTime"] = b.stamp
+    b.condition(ConditionType.RUNNING, False, Reason.COMPLETED, "")
+    b.condition(
+        ConditionType.SUCCEEDED,
+        True,
+        Reason.CHIEF_SUCCEEDED,
+        "the chief finished training and exported the best model",
+    )
+    b.event("Normal", Reason.SUCCEEDED, "Training finished")
+    b.plan.read_progress = True  # its last epochs, before cleanup deletes its log
+    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, job.now)
+    b.plan.promote = job.spec.promotion.enabled
+    return job.done()
+
+
+def _failures(job: _Job) -> list[str]:
+    """What went wrong with this attempt's workers, one description each."""
+    failures = [_describe_failure(p) for p in job.current if p["phase"] == "Failed"]
+    failures += [
+        f"{p['name']} was deleted"
+        for p in job.current
+        if p["deletionTimestamp"] and p["phase"] not in ("Succeeded", "Failed")
+    ]
+    if job.status.get("launchedAttempt") == job.restarts:
+        failures += [
+            f"{pod_name(job.name, i)} disappeared"
+            for i in range(job.replicas)
+            if i not in job.by_index and i not in job.completed
+        ]
+    return failures
+
+
+def _restart(job: _Job) -> Plan | None:
+    """A worker failed: restart every worker (it cannot rejoin alone), or fail past the limit."""
+    failures = _failures(job)
+    if not failures:
+        return None
+    b, limit, restarts = job.b, job.spec.run_policy.backoff_limit, job.restarts
+    message = "; ".join(failures)
+    if restarts >= limit:
+        return job.fail(
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{message} (no restarts left: backoffLimit is {limit})",
+        )
+    b.new["phase"] = Phase.RESTARTING
+    b.new["restarts"] = restarts + 1
+    b.new["lastFailure"] = message
+    b.condition(ConditionType.RUNNING, False, Reason.RESTARTING, message)
+    b.event("Warning", Reason.RESTARTING, f"restart {restarts + 1} of {limit}: {message}")
+    b.plan.delete = _deletions(job.current, job.now, lambda _: True)
+    return job.done(pods=[])
+
+
+def _launch(job: _Job) -> Plan:
+    """Create the workers still missing; Running once every one of them runs."""
+    b, by_index = job.b, job.by_index
+    missing = [i for i in range(job.replicas) if i not in by_index and i not in job.completed]
+    if missing:
+        b.plan.create = missing
+    else:
+        b.new["launchedAttempt"] = job.restarts
+    waiting = [p for p in job.current if p["phase"] == "Pending"]
+    if missing or waiting:
+        b.new["phase"] = Phase.PENDING
+        b.condition(
+            ConditionType.RUNNING,
+            False,
+            Reason.WORKERS_PENDING,
+            f"{len(missing) + len(waiting)} worker pod(s) not running yet",
+        )
+    else:
+        if job.status.get("phase") != Phase.RUNNING:
+            b.event("Normal", Reason.RUNNING, f"All {job.replicas} worker pod(s) running")
+        b.new["phase"] = Phase.RUNNING
+        b.condition(ConditionType.RUNNING, True, Reason.WORKERS_RUNNING, "")
+    chief = by_index.get(0)
+    b.plan.read_progress = chief is not None and chief["phase"] == "Running"
+    return job.done()
+
+
 def plan(
     spec: TrainingJobSpec,
     name: str,
@@ -174,150 +381,47 @@ def plan(
     problem: Problem | None = None,
     generation: int | None = None,
 ) -> Plan:
-    """What to do next for job `name`, given its status and its worker pods' summaries."""
+    """What to do next for job `name`, given its status and its worker pods' summaries.
+
+    The steps run in order and the first that decides ends the tick: a finished job, a
+    problem, the deadline, a restart under way, a permanent error, the chief's success, a
+    failed worker; otherwise the missing workers are launched.
+    """
     b = _Builder(status, now)
     if generation is not None:
         b.new["observedGeneration"] = generation
-    policy = spec.run_policy
-    replicas = spec.workers.replicas
-    phase = status.get("phase")
     restarts = int(status.get("restarts") or 0)
-    current = [p for p in pods if p["attempt"] == restarts]
-    stale = [p for p in pods if p["attempt"] != restarts]
-    completed = list((status.get("workers") or {}).get("completedIndexes") or [])
-
-    def fail(reason: str, message: str, kill_running: bool = False) -> Plan:
-        b.fail(ConditionType.RUNNING, reason, message)
-        b.plan.delete = cleanup(pods, policy.clean_pod_policy, now, kill_running)
-        b.new.update(worker_counts(replicas, current, completed))
-        return b.finish()
-
-    if phase in FINISHED_TRAINING:
-        b.plan.delete = cleanup(pods, policy.clean_pod_policy, now)
-        b.new.update(worker_counts(replicas, current, completed))
-        if phase == Phase.PROMOTING or (
-            phase == Phase.SUCCEEDED and not promotion_decided(spec, status)
-        ):
-            b.plan.promote = True
-        elif policy.ttl_seconds_after_finished is not None and is_finished(spec, status):
-            done = parse_time(status.get("completionTime")) or now
-            if now >= done + timedelta(seconds=policy.ttl_seconds_after_finished):
-                b.plan.delete_job = True
-        return b.finish()
-
-    if phase is None:
-        b.new["phase"] = Phase.PENDING
-        b.new["restarts"] = 0
-        b.new["totalEpochs"] = spec.training.epochs
-        b.new["epochProgress"] = f"0/{spec.training.epochs}"
-
-    if problem is not None:
-        b.condition(ConditionType.VALID, False, problem.reason, problem.message)
-        if problem.permanent:
-            return fail(problem.reason, problem.message)
-        if (status.get("conditions") or []) != b.new["conditions"] or phase is None:
-            b.event("Warning", problem.reason, problem.message)
-        b.new.update(worker_counts(replicas, current, completed))
-        return b.finish()
-    b.condition(ConditionType.VALID, True, "Valid", "")
-    if not b.new.get("startTime"):
-        b.new["startTime"] = b.stamp
-        b.event("Normal", "Started", f"Starting {replicas} worker pod(s)")
-
-    deadline = policy.active_deadline_seconds
-    started = parse_time(b.new.get("startTime"))
-    if deadline is not None and started and now >= started + timedelta(seconds=deadline):
-        return fail(
-            "DeadlineExceeded",
-            f"the job ran longer than activeDeadlineSeconds ({deadline}s)",
-            kill_running=True,
-        )
-
-    if stale:  # a restart is under way: the old attempt's pods must be gone first
-        b.new["phase"] = Phase.RESTARTING
-        b.plan.delete = _deletions(stale, now, lambda _: True)
-        b.new.update(worker_counts(replicas, current, completed))
-        return b.finish()
-
-    by_index = {p["index"]: p for p in current}
-    for pod in current:
-        if pod["exitCode"] == PERMANENT_EXIT_CODE:
-            return fail("PermanentError", _describe_failure(pod))
-
-    completed = sorted(set(completed) | {p["index"] for p in current if p["phase"] == "Succeeded"})
-    chief = by_index.get(0)
-    if chief is not None and chief["phase"] == "Succeeded":
-        b.new["phase"] = Phase.SUCCEEDED
-        b.new["completionTime"] = b.stamp
-        b.condition(ConditionType.RUNNING, False, "Completed", "")
-        b.condition(
-            ConditionType.SUCCEEDED,
-            True,
-            "ChiefSucceeded",
-            "the chief finished training and exported the best model",
-        )
-        b.event("Normal", "Succeeded", "Training finished")
-        b.plan.read_progress = True  # its last epochs, before cleanup deletes its log
-        b.plan.delete = cleanup(pods, policy.clean_pod_policy, now)
-        b.plan.promote = spec.promotion.enabled
-        b.new.update(worker_counts(replicas, current, completed))
-        return b.finish()
-
-    failures = [_describe_failure(p) for p in current if p["phase"] == "Failed"]
-    failures += [
-        f"{p['name']} was deleted"
-        for p in current
-        if p["deletionTimestamp"] and p["phase"] != "Succeeded" and p["phase"] != "Failed"
-    ]
-    if status.get("launchedAttempt") == restarts:
-        failures += [
-            f"{pod_name(name, i)} disappeared"
-            for i in range(replicas)
-            if i not in by_index and i not in completed
-        ]
-    if failures:
-        message = "; ".join(failures)
-        if restarts >= policy.backoff_limit:
-            return fail(
-                "BackoffLimitExceeded",
-                f"{message} (no restarts left: backoffLimit is {policy.backoff_limit})",
-            )
-        b.new["phase"] = Phase.RESTARTING
-        b.new["restarts"] = restarts + 1
-        b.new["lastFailure"] = message
-        b.condition(ConditionType.RUNNING, False, "Restarting", message)
-        b.event(
-            "Warning", "Restarting", f"restart {restarts + 1} of {policy.backoff_limit}: {message}"
-        )
-        b.plan.delete = _deletions(current, now, lambda _: True)
-        b.new.update(worker_counts(replicas, [], []))
-        return b.finish()
-
-    missing = [i for i in range(replicas) if i not in by_index and i not in completed]
-    if missing:
-        b.plan.create = missing
-    else:
-        b.new["launchedAttempt"] = restarts
-    waiting = [p for p in current if p["phase"] == "Pending"]
-    if missing or waiting:
-        b.new["phase"] = Phase.PENDING
-        b.condition(
-            ConditionType.RUNNING,
-            False,
-            "WorkersPending",
-            f"{len(missing) + len(waiting)} worker pod(s) not running yet",
-        )
-    else:
-        if phase != Phase.RUNNING:
-            b.event("Normal", "Running", f"All {replicas} worker pod(s) running")
-        b.new["phase"] = Phase.RUNNING
-        b.condition(ConditionType.RUNNING, True, "WorkersRunning", "")
-    b.plan.read_progress = chief is not None and chief["phase"] == "Running"
-    b.new.update(worker_counts(replicas, current, completed))
-    return b.finish()
+    job = _Job(
+        spec=spec,
+        name=name,
+        status=status,
+        pods=pods,
+        now=now,
+        b=b,
+        restarts=restarts,
+        current=[p for p in pods if p["attempt"] == restarts],
+        stale=[p for p in pods if p["attempt"] != restarts],
+        completed=list((status.get("workers") or {}).get("completedIndexes") or []),
+    )
+    decided = _finished(job)
+    if decided is not None:
+        return decided
+    _initialize(job)
+    for step in (
+        lambda j: _problem(j, problem),
+        _deadline,
+        _restarting,
+        _permanent_error,
+        _succeeded,
+        _restart,
+    ):
+        decided = step(job)
+        if decided is not None:
+            return decided
+    return _launch(job)
 
 
-def reject(status: dict[str, Any], reason: str, message: str, now: datetime) -> Plan:
+def reject(status: dict[str, Any], reason: Reason, message: str, now: datetime) -> Plan:
     """A job whose spec does not parse (the schema let it through): Failed, Valid=False."""
     b = _Builder(status, now)
     if status.get("phase") != Phase.FAILED:

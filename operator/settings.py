@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from kubetrain.trainer.api.entrypoints import SERVE_COMMAND, WORKER_COMMAND
+
 
 def _command(variable: str, default: list[str] | None) -> list[str] | None:
     """A command given as a JSON list, e.g. KUBETRAIN_WORKER_COMMAND='["kubetrain","worker"]'."""
@@ -27,11 +29,11 @@ class Settings:
     threads: int = field(default_factory=lambda: int(os.environ.get("KUBETRAIN_THREADS", "16")))
     log_tail_lines: int = 200
     worker_command: list[str] = field(
-        default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", ["kubetrain", "worker"])
+        default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", list(WORKER_COMMAND))
     )
     """Worker entrypoint before `--workdir DIR --model-root DIR`."""
     serving_command: list[str] = field(
-        default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", ["kubetrain", "serve"])
+        default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", list(SERVE_COMMAND))
     )
     """Model server entrypoint before `--model-dir DIR --port 8501`."""
     liveness_port: int | None = field(

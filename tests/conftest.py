@@ -7,9 +7,6 @@ from datasets import write_mnist
 
 pytest_plugins = ["kubecluster", "charttools"]
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .api.metrics import lower_is_better
+
 METRICS_FILE = "metrics.json"
 WEIGHTS_PREFIX = "weights"
-LOWER_IS_BETTER = {"val_loss"}
 
 
 @dataclass(frozen=True)
@@ -77,5 +78,5 @@ def best_checkpoint(checkpoints: list[Checkpoint], metric: str) -> Checkpoint:
     candidates = [c for c in checkpoints if not math.isnan(c.metrics.get(metric, math.nan))]
     if not candidates:
         raise ValueError(f"no checkpoint has a value for {metric}")
-    sign = 1 if metric in LOWER_IS_BETTER else -1
+    sign = 1 if lower_is_better(metric) else -1
     return min(candidates, key=lambda c: (sign * c.metrics[metric], c.epoch))

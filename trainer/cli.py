@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from .api.entrypoints import SERVE, SERVER_PORT, WORKER
+from .api.spec import SpecError, TrainingJob, load_job
 from .server import add_serve_arguments
-from .server.config import DEFAULT_PORT
-from .spec import SpecError, TrainingJob, load_job
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,22 +31,22 @@ def _run(args: argparse.Namespace) -> int:
             "interrupted: workers stopped; run again to resume from the last epoch", file=sys.stderr
         )
         return 130
-    model = result["model"]
-    where = _shown(Path(model["path"]))
+    model = result.model
+    where = _shown(Path(model.path or ""))
     print(
-        f"best epoch {result['bestEpoch']}: {result['metric']} "
-        f"{result['validation'].get(result['metric'], float('nan')):.4f}, "
-        f"test accuracy {result['test_accuracy']:.4f}; exported {model['name']} "
-        f"version {model['version']} to {where}",
+        f"best epoch {result.best_epoch}: {result.metric} "
+        f"{result.validation.get(result.metric, float('nan')):.4f}, "
+        f"test accuracy {result.test_accuracy:.4f}; exported {model.name} "
+        f"version {model.version} to {where}",
         file=sys.stderr,
     )
     if not args.serve:
         print(next_steps(args.file, job, where.parent), file=sys.stderr)
-    print(json.dumps(result))
+    print(json.dumps(result.document()))
     if args.serve:
         from .server import serve
 
-        serve_args = serve_parser().parse_args(["--model-dir", str(Path(model["path"]).parent)])
+        serve_args = serve_parser().parse_args(["--model-dir", str(Path(model.path or "").parent)])
         return serve(serve_args)
     return 0
 
@@ -58,7 +58,7 @@ def _shown(path: Path) -> Path:
 
 def next_steps(job_file: str, job: TrainingJob, model_dir: Path) -> str:
     """What a user can do with the model just exported: serve it here, or go to a cluster."""
-    url = f"localhost:{DEFAULT_PORT}/v1/models/{job.spec.model_name}:predict"
+    url = f"localhost:{SERVER_PORT}/v1/models/{job.spec.model_name}:predict"
     mnist = job.spec.dataset.name == "mnist"
     sample = "@examples/digit-7.json" if mnist else "'{\"instances\": [...]}'"
     return "\n".join(
@@ -113,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serve", action="store_true", help="serve the exported model afterwards")
     run.set_defaults(func=_run)
 
-    worker = commands.add_parser("worker", help="one training worker (TF_CONFIG from the env)")
+    worker = commands.add_parser(WORKER, help="one training worker (TF_CONFIG from the env)")
     worker.add_argument("--job", help="TrainingJob file (default: $KUBETRAIN_JOB as JSON)")
     worker.add_argument("--workdir", required=True, help="the job's checkpoints and result")
     worker.add_argument("--model-root", help="where models are exported (default: workdir/models)")
     worker.set_defaults(func=_worker)
 
-    serve = commands.add_parser("serve", help="serve an exported model over REST")
+    serve = commands.add_parser(SERVE, help="serve an exported model over REST")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
     return parser

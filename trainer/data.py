@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from .spec import Dataset, DatasetName, SplitBy
+from .api.spec import Dataset, DatasetName, SplitBy
 
 
 class DataError(ValueError):
@@ -235,9 +235,8 @@ def load_planesnet(source: Path) -> Source:
         return load_planesnet_json(source)
     if not source.is_dir():
         raise DataError(f"{source}: no such file or directory")
-    for candidate in (source / "planesnet.json",):
-        if candidate.is_file():
-            return load_planesnet_json(candidate)
+    if (source / "planesnet.json").is_file():
+        return load_planesnet_json(source / "planesnet.json")
     nested = source / "planesnet"
     if not any(source.glob("*.png")) and nested.is_dir():
         return load_planesnet_folder(nested)

@@ -17,12 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .api.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, versions
 from .tflib import keras, tf
-
-SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-METADATA_FILE = "metadata.json"
 
 
 @dataclass(frozen=True)
@@ -30,13 +26,6 @@ class ExportedModel:
     name: str
     version: int
     path: Path
-
-
-def versions(model_dir: Path) -> list[int]:
-    """Complete versions under a model directory, ascending (temporary dirs are hidden)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
@@ -85,7 +74,3 @@ def export_model(
             return ExportedModel(name=name, version=version, path=target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def read_metadata(version_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(version_dir) / METADATA_FILE).read_text())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .spec import Architecture
+from .api.spec import Architecture
 from .tflib import keras, tf
 
 layers = keras.layers

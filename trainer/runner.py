@@ -8,7 +8,6 @@ Workers catch SIGTERM and train on, so stopping them means SIGKILL.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -19,11 +18,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from . import progress
-from .spec import TrainingJob
-from .worker import EXIT_PERMANENT
+from .api.entrypoints import TERMINATION_LOG_ENV, WORKER, worker_arguments
+from .api.layout import RESULT_FILE
+from .api.records import (
+    EXIT_PERMANENT,
+    Batch,
+    Epoch,
+    Error,
+    Record,
+    Result,
+    Resumed,
+    Start,
+    parse_record,
+)
+from .api.spec import TrainingJob
+from .api.tfconfig import ENV as TF_CONFIG
+from .api.tfconfig import tf_config
 
 
 class JobFailed(RuntimeError):
@@ -41,12 +53,6 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def tf_config(addresses: list[str], index: int) -> str:
-    return json.dumps(
-        {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-    )
-
-
 @dataclass
 class Display:
     """Progress for a person: a redrawn bar on a terminal, one line per epoch otherwise."""
@@ -59,38 +65,37 @@ class Display:
     def live(self) -> bool:
         return self.stream.isatty()
 
-    def show(self, worker: int, record: dict[str, Any]) -> None:
+    def show(self, worker: int, record: Record) -> None:
         """Draw the chief's progress, and any worker's errors."""
-        kind = record["type"]
-        if worker != 0 and kind != "error":
+        if isinstance(record, Error):
+            self.note(f"worker {worker} error: {record.message}")
+        elif worker != 0:
             return
-        if kind == "start":
-            self.total_epochs = record["totalEpochs"]
+        elif isinstance(record, Start):
+            self.total_epochs = record.total_epochs
             self.note(
-                f"training on {record['workers']} worker(s): {record['trainExamples']} examples, "
-                f"{record['stepsPerEpoch']} steps of {record['globalBatch']} per epoch"
+                f"training on {record.workers} worker(s): {record.train_examples} examples, "
+                f"{record.steps_per_epoch} steps of {record.global_batch} per epoch"
             )
-        elif kind == "resumed":
-            self.note(f"resumed from the last checkpoint at epoch {record['fromEpoch']}")
-        elif kind == "batch" and self.live:
-            done = record["step"] / record["stepsPerEpoch"]
-            bar = "#" * int(done * 30)
+        elif isinstance(record, Resumed):
+            self.note(f"resumed from the last checkpoint at epoch {record.from_epoch}")
+        elif isinstance(record, Batch) and self.live:
+            bar = "#" * int(record.step / record.steps_per_epoch * 30)
+            m = record.metrics
             self.stream.write(
                 f"\repoch {self.epoch + 1}/{self.total_epochs} [{bar:<30}] "
-                f"{record['step']}/{record['stepsPerEpoch']} loss {record.get('loss', 0):.4f} "
-                f"acc {record.get('accuracy', 0):.4f}"
+                f"{record.step}/{record.steps_per_epoch} loss {m.get('loss', 0):.4f} "
+                f"acc {m.get('accuracy', 0):.4f}"
             )
             self.stream.flush()
-        elif kind == "epoch":
-            self.epoch = record["epoch"]
-            m = record["metrics"]
+        elif isinstance(record, Epoch):
+            self.epoch = record.epoch
+            m = record.metrics
             self.note(
-                f"epoch {record['epoch']}/{record['totalEpochs']}: loss {m.get('loss', 0):.4f} "
+                f"epoch {record.epoch}/{record.total_epochs}: loss {m.get('loss', 0):.4f} "
                 f"acc {m.get('accuracy', 0):.4f} val_loss {m.get('val_loss', 0):.4f} "
-                f"val_acc {m.get('val_accuracy', 0):.4f} ({record['examplesPerSecond']:.0f} ex/s)"
+                f"val_acc {m.get('val_accuracy', 0):.4f} ({record.examples_per_second:.0f} ex/s)"
             )
-        elif kind == "error":
-            self.note(f"worker {worker} error: {record['message']}")
 
     def note(self, text: str) -> None:
         prefix = "\r\033[K" if self.live else ""
@@ -102,27 +107,24 @@ class LocalJob:
     """One attempt's worker processes and the records they print."""
 
     def __init__(self, job_file: Path, workdir: Path, model_root: Path, replicas: int):
-        self.records: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+        self.records: queue.Queue[tuple[int, Record]] = queue.Queue()
         self.processes: list[subprocess.Popen[str]] = []
         logs = workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         addresses = [f"localhost:{port}" for port in free_ports(replicas)]
         for index in range(replicas):
-            env = {**os.environ, "TF_CONFIG": tf_config(addresses, index)}
-            env["KUBETRAIN_TERMINATION_LOG"] = str(logs / f"worker-{index}.termination")
+            env = {**os.environ, TF_CONFIG: tf_config(addresses, index)}
+            env[TERMINATION_LOG_ENV] = str(logs / f"worker-{index}.termination")
             with open(logs / f"worker-{index}.log", "a") as log:
                 process = subprocess.Popen(
                     [
                         sys.executable,
                         "-m",
                         "kubetrain.trainer",
-                        "worker",
+                        WORKER,
                         "--job",
                         str(job_file),
-                        "--workdir",
-                        str(workdir),
-                        "--model-root",
-                        str(model_root),
+                        *worker_arguments(str(workdir), str(model_root)),
                     ],
                     stdout=subprocess.PIPE,
                     stderr=log,
@@ -136,7 +138,7 @@ class LocalJob:
     def _read(self, index: int, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            record = progress.parse(line)
+            record = parse_record(line)
             if record is not None:
                 self.records.put((index, record))
 
@@ -162,8 +164,8 @@ class LocalJob:
 
 def run_local(
     job: TrainingJob, workdir: Path, model_root: Path | None = None, display: Display | None = None
-) -> dict[str, Any]:
-    """Run the job to the end, restarting all workers on failure; return result.json."""
+) -> Result:
+    """Run the job to the end, restarting all workers on failure; return its result.json."""
     display = display or Display()
     workdir = workdir.resolve()
     model_root = (model_root or workdir / "models").resolve()
@@ -180,7 +182,7 @@ def run_local(
         finally:
             attempt.kill()
         if outcome is None:
-            return json.loads((workdir / "result.json").read_text())
+            return Result.model_validate_json((workdir / RESULT_FILE).read_text())
         index, code, message = outcome
         log = workdir / "logs" / f"worker-{index}.log"
         message = message or _last_line(log)
@@ -217,8 +219,8 @@ def _supervise(
     while True:
         try:
             index, record = attempt.records.get(timeout=0.2)
-            if record["type"] == "error":
-                last_error[index] = record["message"]
+            if isinstance(record, Error):
+                last_error[index] = record.message
             display.show(index, record)
         except queue.Empty:
             pass
@@ -227,8 +229,8 @@ def _supervise(
             time.sleep(0.2)  # let the reader threads deliver the worker's last words
             while not attempt.records.empty():
                 index, record = attempt.records.get()
-                if record["type"] == "error":
-                    last_error[index] = record["message"]
+                if isinstance(record, Error):
+                    last_error[index] = record.message
             index, code = failure
             return index, code, last_error.get(index)
         if attempt.done and attempt.records.empty():

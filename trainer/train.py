@@ -15,58 +15,21 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import checkpoints, progress
+from . import checkpoints
+from .api.layout import RESULT_FILE, Layout
+from .api.records import Batch, Epoch, Result, Resumed, Start, emit
+from .api.spec import TrainingJob
+from .api.status import ModelRef
+from .api.tfconfig import Cluster
 from .data import Source, load_source, shard, split
 from .export import export_model
 from .models import build_model, compile_model
-from .spec import TrainingJob
 from .tflib import keras, tf
-
-RESULT_FILE = "result.json"
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """This worker's place in the job, from TF_CONFIG (one worker without it)."""
-
-    index: int
-    count: int
-
-    @property
-    def is_chief(self) -> bool:
-        return self.index == 0
-
-    @classmethod
-    def from_env(cls) -> Cluster:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        workers = config.get("cluster", {}).get("worker", [])
-        return cls(index=int(config.get("task", {}).get("index", 0)), count=max(len(workers), 1))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a job keeps its state: the workdir is per job, the model root is shared."""
-
-    workdir: Path
-    model_root: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.workdir / "checkpoints"
-
-    @property
-    def backup(self) -> Path:
-        return self.workdir / "backup"
-
-    @property
-    def result(self) -> Path:
-        return self.workdir / RESULT_FILE
 
 
 def _augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -138,29 +101,31 @@ class ProgressReporter(keras.callbacks.Callback):
         if self.first_epoch is None:
             self.first_epoch = epoch
             if epoch > 0:
-                progress.emit("resumed", worker=self.cluster.index, fromEpoch=epoch + 1)
+                emit(Resumed(worker=self.cluster.index, from_epoch=epoch + 1))
         self.epoch_start = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         now = time.perf_counter()
         if self.cluster.is_chief and now - self.last_batch_report >= 0.5:
             self.last_batch_report = now
-            progress.emit("batch", step=batch + 1, stepsPerEpoch=self.steps, **(logs or {}))
+            metrics = {k: float(v) for k, v in (logs or {}).items()}
+            emit(Batch(step=batch + 1, steps_per_epoch=self.steps, metrics=metrics))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.perf_counter() - self.epoch_start
         examples = self.steps * self.global_batch
         self.examples += examples
         self.train_seconds += seconds
-        progress.emit(
-            "epoch",
-            worker=self.cluster.index,
-            epoch=epoch + 1,
-            totalEpochs=self.total_epochs,
-            metrics={k: float(v) for k, v in (logs or {}).items()},
-            seconds=round(seconds, 3),
-            examplesPerSecond=round(examples / seconds, 1),
-            weightsDigest=weights_digest(self.model),
+        emit(
+            Epoch(
+                worker=self.cluster.index,
+                epoch=epoch + 1,
+                total_epochs=self.total_epochs,
+                metrics={k: float(v) for k, v in (logs or {}).items()},
+                seconds=round(seconds, 3),
+                examples_per_second=round(examples / seconds, 1),
+                weights_digest=weights_digest(self.model),
+            )
         )
 
 
@@ -180,7 +145,7 @@ def _has_backup(directory: Path) -> bool:
     return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
 
 
-def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
+def train(job: TrainingJob, layout: Layout) -> Result | None:
     """Train as this worker; the chief returns the run's result, the others None."""
     cluster = Cluster.from_env()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -215,17 +180,18 @@ def train(job: TrainingJob, layout: Layout) -> dict[str, Any] | None:
         augment=False,
         seed=spec.training.seed,
     )
-    progress.emit(
-        "start",
-        worker=cluster.index,
-        pid=os.getpid(),
-        workers=cluster.count,
-        totalEpochs=spec.training.epochs,
-        stepsPerEpoch=steps,
-        globalBatch=global_batch,
-        trainExamples=len(parts.train),
-        shardExamples=len(own_train),
-        validationExamples=len(used_val),
+    emit(
+        Start(
+            worker=cluster.index,
+            pid=os.getpid(),
+            workers=cluster.count,
+            total_epochs=spec.training.epochs,
+            steps_per_epoch=steps,
+            global_batch=global_batch,
+            train_examples=len(parts.train),
+            shard_examples=len(own_train),
+            validation_examples=len(used_val),
+        )
     )
 
     if cluster.is_chief and not _has_backup(layout.backup):
@@ -264,7 +230,7 @@ def finish(
     test_indices: np.ndarray,
     started: float,
     reporter: ProgressReporter,
-) -> dict[str, Any]:
+) -> Result:
     """Evaluate the best epoch on the test split, export it and write result.json."""
     spec = job.spec
     metric = spec.training.metric
@@ -298,21 +264,20 @@ def finish(
     examples_per_second = (
         reporter.examples / reporter.train_seconds if reporter.train_seconds else 0
     )
-    result = {
-        "status": "Succeeded",
-        "jobName": job.metadata.name,
-        "bestEpoch": best.epoch,
-        "metric": metric,
-        "validation": validation,
-        "test": test,
-        "test_accuracy": test["test_accuracy"],
-        "checkpoint": str(best.path),
-        "model": {"name": exported.name, "version": exported.version, "path": str(exported.path)},
-        "wallTimeSeconds": round(time.time() - started, 1),
-        "examplesPerSecond": round(examples_per_second, 1),
-        "testExamples": len(test_indices),
-    }
+    result = Result(
+        job_name=job.metadata.name,
+        best_epoch=best.epoch,
+        metric=metric,
+        validation=validation,
+        test=test,
+        test_accuracy=test["test_accuracy"],
+        checkpoint=str(best.path),
+        model=ModelRef(name=exported.name, version=exported.version, path=str(exported.path)),
+        wall_time_seconds=round(time.time() - started, 1),
+        examples_per_second=round(examples_per_second, 1),
+        test_examples=len(test_indices),
+    )
     staging = layout.result.with_name(f".{RESULT_FILE}.tmp")
-    staging.write_text(json.dumps(result, indent=2) + "\n")
+    staging.write_text(json.dumps(result.document(), indent=2) + "\n")
     os.replace(staging, layout.result)
     return result

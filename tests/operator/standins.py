@@ -1,10 +1,11 @@
 """Stand-in worker and model server programs for operator tests on a real cluster.
 
 The operator's behaviour under test is what it does with pods, exit codes, termination
-messages and Deployments, not TensorFlow training; these small programs (run with python3
-from the trainer image) follow the trainer's and the model server's contracts exactly —
-TF_CONFIG, KUBETRAIN_JOB, JSON epoch lines, exit codes, /dev/termination-log, the exported
-model directory, /readyz — in seconds instead of minutes.
+messages and Deployments, not TensorFlow training; these small programs (run with the trainer
+image's python3) speak the trainer's and the model server's contract by importing it
+(`kubetrain.trainer.api`: TF_CONFIG, KUBETRAIN_JOB, the epoch and result records, exit codes,
+the termination message, the model repository, MODEL_VERSION), so a change to the contract
+reaches them too. They take seconds instead of minutes and need no TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ from typing import Any
 
 WORKER = r"""
 import argparse, json, os, sys, time
+from kubetrain.trainer.api import entrypoints, layout, records, tfconfig
+from kubetrain.trainer.api.spec import parse_job
+from kubetrain.trainer.api.status import ModelRef
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir"); parser.add_argument("--model-root")
 args = parser.parse_args()
 plan = json.loads(PLAN)
-index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-attempt = int(os.environ["KUBETRAIN_ATTEMPT"])
-job = json.loads(os.environ["KUBETRAIN_JOB"])
-total = job["spec"]["training"]["epochs"]
-name = job["spec"]["model"].get("name") or job["spec"]["dataset"]["name"]
+cluster = tfconfig.Cluster.from_env()
+attempt = int(os.environ[entrypoints.ATTEMPT_ENV])
+job = parse_job(json.loads(os.environ[entrypoints.JOB_ENV]))
+total = job.spec.training.epochs
 
 def finish(code, message):
     try:
-        with open("/dev/termination-log", "w") as f:
+        with open(entrypoints.TERMINATION_LOG, "w") as f:
             f.write(message)
     except OSError:
         pass
@@ -35,42 +39,56 @@ def finish(code, message):
 os.makedirs(args.workdir, exist_ok=True)
 state = os.path.join(args.workdir, "epoch")  # what BackupAndRestore would resume from
 start = int(open(state).read()) + 1 if os.path.exists(state) else 1
-print("stand-in worker", index, "attempt", attempt, "from epoch", start, flush=True)
+print("stand-in worker", cluster.index, "attempt", attempt, "from epoch", start, flush=True)
+if start > 1:
+    records.emit(records.Resumed(worker=cluster.index, from_epoch=start))
 val = plan["valAccuracy"]
 for epoch in range(start, total + 1):
     time.sleep(plan["epochSeconds"])
     stop = plan.get("stop")
-    if stop and stop["index"] == index and stop["epoch"] == epoch and (
+    if stop and stop["index"] == cluster.index and stop["epoch"] == epoch and (
             stop.get("attempts") is None or attempt in stop["attempts"]):
         print("exiting with", stop["code"], flush=True)
-        finish(stop["code"], stop.get("message", "stand-in failure" if stop["code"] else ""))
-    if index == 0:
+        message = stop.get("message", "stand-in failure" if stop["code"] else "")
+        if stop["code"]:
+            permanent = stop["code"] == records.EXIT_PERMANENT
+            records.emit(records.Error(message=message, permanent=permanent))
+        finish(stop["code"], message)
+    if cluster.is_chief:
         metrics = {"loss": 1.0 / epoch, "accuracy": val - 0.01, "val_loss": 1.0 / epoch,
                    "val_accuracy": val - (total - epoch) * 0.01}
-        print(json.dumps({"type": "epoch", "epoch": epoch, "totalEpochs": total,
-                          "metrics": metrics, "examplesPerSecond": 1000.0}), flush=True)
+        records.emit(records.Epoch(worker=cluster.index, epoch=epoch, total_epochs=total,
+                                   metrics=metrics, seconds=plan["epochSeconds"],
+                                   examples_per_second=1000.0))
         with open(state, "w") as f:
             f.write(str(epoch))
-if index != 0:
-    finish(0, "")
+if not cluster.is_chief:
+    finish(records.EXIT_SUCCEEDED, "")
 version = plan["version"]
-path = os.path.join(args.model_root, name, str(version))
+path = os.path.join(args.model_root, job.spec.model_name, str(version))
 if plan.get("export", True):
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "metadata.json"), "w") as f:
-        json.dump({"job": job["metadata"]["name"], "val_accuracy": val}, f)
-finish(0, json.dumps({"status": "Succeeded", "bestEpoch": total, "metric": "val_accuracy",
-                      "validation": {"val_accuracy": val, "val_loss": 1.0 / total},
-                      "test": {"test_accuracy": val - 0.005},
-                      "model": {"name": name, "version": version, "path": path}}))
+    with open(os.path.join(path, layout.METADATA_FILE), "w") as f:
+        json.dump({"jobName": job.metadata.name, "metric": "val_accuracy",
+                   "metrics": {"val_accuracy": val}}, f)
+result = records.Result(
+    job_name=job.metadata.name, best_epoch=total, metric="val_accuracy",
+    validation={"val_accuracy": val, "val_loss": 1.0 / total},
+    test={"test_accuracy": val - 0.005}, test_accuracy=val - 0.005,
+    model=ModelRef(name=job.spec.model_name, version=version, path=path),
+    wall_time_seconds=total * plan["epochSeconds"], examples_per_second=1000.0,
+    test_examples=100)
+records.emit(records.Finished.model_validate(result.model_dump()))
+finish(records.EXIT_SUCCEEDED, json.dumps(result.document()))
 """
 
 SERVER = r"""
 import argparse, http.server, os
+from kubetrain.trainer.api import entrypoints
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir"); parser.add_argument("--port", type=int)
 args = parser.parse_args()
-version_dir = os.path.join(args.model_dir, os.environ["MODEL_VERSION"])
+version_dir = os.path.join(args.model_dir, os.environ[entrypoints.MODEL_VERSION_ENV])
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):

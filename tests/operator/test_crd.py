@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 from kubetrain.operator import crd
-from kubetrain.trainer.spec import Training, TrainingJobSpec
+from kubetrain.trainer.api.spec import Training, TrainingJobSpec
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "trainingjobs.kubetrain.io.yaml"
 

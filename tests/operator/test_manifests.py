@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kubetrain.operator import promotion
+from kubetrain.operator import serving
 from kubetrain.operator.manifests import (
     CONTAINER_SECURITY_CONTEXT,
     WorkerOptions,
@@ -12,7 +12,7 @@ from kubetrain.operator.manifests import (
     summarize_pod,
     worker_pod,
 )
-from kubetrain.trainer.spec import parse_job
+from kubetrain.trainer.api.spec import parse_job
 from trainingjobs import body, job
 
 
@@ -160,6 +160,6 @@ def test_every_container_the_operator_creates_runs_unprivileged():
         "capabilities": {"drop": ["ALL"]},
     }
     spec = job(body(promotion={"deployment": "mnist-serving"})).spec
-    server = promotion.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
+    server = serving.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
     for container in [*pods(body())[0]["spec"]["containers"], *server["containers"]]:
         assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT

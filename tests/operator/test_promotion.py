@@ -1,4 +1,4 @@
-"""Promotion: the serving Deployment, the gate against the served model, the rollout's fate."""
+"""Promotion: the gate against the served model, the rollout's fate, and every decision."""
 
 from __future__ import annotations
 
@@ -6,68 +6,13 @@ import copy
 from datetime import UTC, datetime, timedelta
 
 from kubetrain.operator import promotion
-from kubetrain.operator.promotion import gate, rollout_state, served_annotations, served_version
-from trainingjobs import body, job
+from kubetrain.operator.promotion import gate, rollout_state
+from kubetrain.operator.serving import served_annotations, served_version
+from kubetrain.operator.status import get_condition
+from kubetrain.trainer.api.status import Phase, Reason
+from trainingjobs import body, job, serving_deployment, strategic_merge
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-def deployment(version: int, **promotion_spec) -> dict:
-    spec = job(body(promotion={"deployment": "mnist-serving", **promotion_spec})).spec
-    return promotion.deployment(
-        spec, "ml", version, served_annotations(version, "val_accuracy", 0.97, "uid-1")
-    )
-
-
-def strategic_merge(target: dict, patch: dict) -> dict:
-    """The part of strategic merge the version patch relies on: lists merged by `name`."""
-    out = copy.deepcopy(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict):
-            out[key] = strategic_merge(out.get(key, {}), value)
-        elif isinstance(value, list) and value and "name" in value[0]:
-            items = {item["name"]: item for item in out.get(key, [])}
-            for item in value:
-                items[item["name"]] = strategic_merge(items.get(item["name"], {}), item)
-            out[key] = list(items.values())
-        else:
-            out[key] = value
-    return out
-
-
-def test_the_deployment_rolls_without_losing_capacity_and_probes_readiness():
-    dep = deployment(3)
-    strategy = dep["spec"]["strategy"]
-    assert strategy == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-    }
-    container = dep["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8501}
-    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    assert container["command"] == [
-        "kubetrain",
-        "serve",
-        "--model-dir",
-        "/var/lib/kubetrain/models/mnist",
-        "--port",
-        "8501",
-    ]
-    assert container["volumeMounts"][0]["readOnly"] is True
-    assert dep["spec"]["progressDeadlineSeconds"] == 300
-    assert served_version(dep) == 3
-    assert dep["metadata"]["annotations"]["kubetrain.io/metric-value"] == "0.97"
-
-
-def test_the_version_patch_changes_the_pod_template_only_in_the_version():
-    v3, v4 = deployment(3), deployment(4)
-    patched = strategic_merge(v3, promotion.version_patch(4, {"kubetrain.io/model-version": "4"}))
-    assert patched["spec"]["template"] == v4["spec"]["template"]
-    assert served_version(patched) == 4
-    v3_env = v3["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert v3_env == [{"name": "MODEL_VERSION", "value": "3"}]
 
 
 def test_the_first_model_is_always_promoted():
@@ -108,7 +53,7 @@ def with_status(dep: dict, generation: int, **status) -> dict:
 
 
 def test_a_rollout_is_complete_when_every_replica_is_updated_and_available():
-    dep = deployment(4)
+    dep = serving_deployment(4)
     done = with_status(
         dep, 2, observedGeneration=2, replicas=2, updatedReplicas=2, availableReplicas=2
     )
@@ -130,7 +75,7 @@ def test_a_rollout_fails_on_the_controllers_deadline_but_not_on_an_older_rollout
         "reason": "ProgressDeadlineExceeded",
         "message": 'ReplicaSet "mnist-serving-abc" has timed out progressing.',
     }
-    dep = deployment(4)
+    dep = serving_deployment(4)
     failed = with_status(
         dep,
         2,
@@ -147,6 +92,170 @@ def test_a_rollout_fails_on_the_controllers_deadline_but_not_on_an_older_rollout
 
 
 def test_the_operators_clock_fails_a_rollout_the_controller_never_reports():
-    dep = with_status(deployment(4), 2, observedGeneration=1)
+    dep = with_status(serving_deployment(4), 2, observedGeneration=1)
     assert rollout_state(dep, T0, T0 + timedelta(seconds=300), 300)[0] == "Progressing"
     assert rollout_state(dep, T0, T0 + timedelta(seconds=340), 300)[0] == "Failed"
+
+
+# --- the planner: observe (Deployment, served metric, job status), decide, act ----------------
+
+SPEC = job(body()).spec
+
+
+def succeeded(version: int = 4, value: float | None = 0.98, **fields) -> dict:
+    """The status of a job whose chief exported `version` with validation accuracy `value`."""
+    return {
+        "phase": Phase.SUCCEEDED,
+        "bestCheckpoint": {"epoch": 3, "metric": "val_accuracy", "value": value},
+        "model": {"name": "mnist", "version": version, "path": f"/models/mnist/{version}"},
+        **fields,
+    }
+
+
+def promoting(version: int = 4, previous: int | None = 3) -> dict:
+    return {
+        "phase": Phase.PROMOTING,
+        "promotionStartTime": "2025-01-01T12:00:00Z",
+        "serving": {
+            "deployment": "mnist-serving",
+            "version": version,
+            "previousVersion": previous,
+            "metric": "val_accuracy",
+            "value": 0.98,
+        },
+    }
+
+
+def rolled_out(dep: dict) -> dict:
+    replicas = dep["spec"]["replicas"]
+    return with_status(
+        dep,
+        1,
+        observedGeneration=1,
+        replicas=replicas,
+        updatedReplicas=replicas,
+        availableReplicas=replicas,
+    )
+
+
+def promoted(step: promotion.PromotionPlan) -> dict:
+    return get_condition(step.status["conditions"], "Promoted")
+
+
+def decide(status: dict, dep: dict | None, now: datetime = T0) -> promotion.PromotionPlan:
+    return promotion.plan(SPEC, "ml", "uid-new", status, dep, now)
+
+
+def test_a_result_without_a_model_is_not_promoted():
+    step = decide({"phase": Phase.SUCCEEDED}, None)
+    assert step.status["phase"] == Phase.SUCCEEDED
+    assert promoted(step)["status"] == "False"
+    assert promoted(step)["reason"] == Reason.NO_MODEL
+    assert step.events[0][:2] == ("Warning", "NoModel")
+    assert (step.create, step.patch, step.remove) == ([], None, False)
+
+
+def test_a_deployment_someone_else_made_is_left_alone():
+    theirs = serving_deployment(3)
+    theirs["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "helm"
+    step = decide(succeeded(), theirs)
+    assert promoted(step)["reason"] == Reason.DEPLOYMENT_NOT_MANAGED
+    assert (step.create, step.patch, step.remove) == ([], None, False)
+
+
+def test_the_first_model_creates_the_service_and_the_deployment_pinned_to_it():
+    step = decide(succeeded(version=1), None)
+    service, dep = step.create
+    assert (service["kind"], dep["kind"]) == ("Service", "Deployment")
+    assert served_version(dep) == 1
+    assert dep["metadata"]["annotations"]["kubetrain.io/promoted-by"] == "uid-new"
+    assert step.status["phase"] == Phase.PROMOTING
+    assert step.status["serving"]["previousVersion"] is None
+    assert step.status["promotionStartTime"] == "2025-01-01T12:00:00Z"
+    assert step.events == [("Normal", "Promoting", "rolling mnist-serving out to mnist version 1")]
+
+
+def test_a_better_model_patches_the_served_version_and_remembers_the_previous_one():
+    served = serving_deployment(3, value=0.97)
+    step = decide(succeeded(version=4, value=0.98), served)
+    assert step.create == [] and not step.remove
+    patched = strategic_merge(served, step.patch)
+    assert served_version(patched) == 4
+    annotations = patched["metadata"]["annotations"]
+    assert annotations["kubetrain.io/previous-version"] == "3"
+    assert annotations["kubetrain.io/metric-value"] == "0.98"
+    assert step.status["serving"]["previousVersion"] == 3
+    assert step.status["phase"] == Phase.PROMOTING
+
+
+def test_a_model_no_better_than_the_served_one_is_refused():
+    step = decide(succeeded(version=4, value=0.96), serving_deployment(3, value=0.97))
+    assert step.status["phase"] == Phase.SUCCEEDED
+    assert promoted(step)["status"] == "False"
+    assert promoted(step)["reason"] == Reason.NOT_BETTER
+    assert step.events[0][:2] == ("Normal", "NotPromoted")
+    assert (step.create, step.patch, step.remove) == ([], None, False)
+
+
+def test_a_patch_whose_status_update_was_lost_is_recorded_not_repeated():
+    served = serving_deployment(3, value=0.97)
+    already = strategic_merge(served, decide(succeeded(version=4), served).patch)
+    step = decide(succeeded(version=4), already)
+    assert (step.create, step.patch) == ([], None)
+    assert step.status["phase"] == Phase.PROMOTING
+    assert step.status["serving"]["previousVersion"] == 3
+
+
+def test_a_rollout_under_way_changes_nothing():
+    step = decide(promoting(), with_status(serving_deployment(4), 2, observedGeneration=1))
+    assert step == promotion.PromotionPlan()
+
+
+def test_a_finished_rollout_promotes_the_job():
+    now = T0 + timedelta(seconds=20)
+    step = decide(promoting(version=4, previous=3), rolled_out(serving_deployment(4)), now)
+    assert step.status["phase"] == Phase.PROMOTED
+    assert promoted(step)["reason"] == Reason.ROLLED_OUT
+    assert step.status["served"] == "mnist-serving:4"
+    assert step.status["serving"]["promotedAt"] == "2025-01-01T12:00:20Z"
+    assert step.events == [("Normal", "Promoted", "mnist-serving serves version 4 (was 3)")]
+
+
+def test_a_deployment_deleted_during_the_rollout_ends_promotion():
+    step = decide(promoting(), None)
+    assert step.status["phase"] == Phase.SUCCEEDED
+    assert promoted(step)["reason"] == Reason.DEPLOYMENT_DELETED
+
+
+def test_another_rollout_that_replaced_ours_supersedes_it():
+    step = decide(promoting(version=4), rolled_out(serving_deployment(5)))
+    assert promoted(step)["reason"] == Reason.SUPERSEDED
+    assert (step.patch, step.remove) == (None, False)
+
+
+def test_a_failed_rollout_rolls_back_to_the_previous_version_and_its_metric():
+    served = serving_deployment(3, value=0.97)
+    ours = strategic_merge(served, decide(succeeded(version=4, value=0.98), served).patch)
+    late = T0 + timedelta(seconds=400)  # past progressDeadlineSeconds and the slack
+    step = decide(
+        promoting(version=4, previous=3), with_status(ours, 2, observedGeneration=1), late
+    )
+    assert promoted(step)["reason"] == Reason.ROLLOUT_FAILED
+    assert step.status["phase"] == Phase.SUCCEEDED
+    restored = strategic_merge(ours, step.patch)
+    assert served_version(restored) == 3
+    annotations = restored["metadata"]["annotations"]
+    assert annotations["kubetrain.io/metric-value"] == "0.97"
+    assert "kubetrain.io/promoted-by" not in annotations
+    assert "kubetrain.io/previous-version" not in annotations
+    assert not step.remove
+    assert "rolled back to version 3" in step.events[0][2]
+
+
+def test_a_failed_first_rollout_removes_the_deployment():
+    late = T0 + timedelta(seconds=400)
+    broken = with_status(serving_deployment(1), 2, observedGeneration=1)
+    step = decide(promoting(version=1, previous=None), broken, late)
+    assert promoted(step)["reason"] == Reason.ROLLOUT_FAILED
+    assert step.remove and step.patch is None
+    assert "removed (it had no earlier version)" in step.events[0][2]

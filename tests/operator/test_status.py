@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import json
-
-from kubetrain.operator.status import (
-    TrainingJobStatus,
-    epoch_records,
-    parse_result,
-    progress_update,
-    replace_maps,
-    result_update,
-)
+from kubetrain.operator.status import epoch_records, progress_update, replace_maps, result_update
+from kubetrain.trainer.api.records import Batch, Epoch, Result, parse_result
+from kubetrain.trainer.api.status import ModelRef, TrainingJobStatus
 
 
 def record(epoch: int, **metrics: float) -> str:
-    return json.dumps(
+    """The chief's epoch line, as the worker prints it."""
+    return Epoch(
+        worker=0,
+        epoch=epoch,
+        total_epochs=5,
+        metrics=metrics,
+        seconds=4.2,
+        examples_per_second=1200.5,
+    ).line()
+
+
+def result(**fields) -> Result:
+    return Result.model_validate(
         {
-            "type": "epoch",
-            "epoch": epoch,
-            "totalEpochs": 5,
-            "metrics": metrics,
-            "examplesPerSecond": 1200.5,
+            "jobName": "mnist",
+            "bestEpoch": 2,
+            "metric": "val_accuracy",
+            "validation": {"val_accuracy": 0.95, "val_loss": 0.25},
+            "test": {"test_accuracy": 0.948, "test_loss": 0.26},
+            "testAccuracy": 0.948,
+            "model": ModelRef(name="mnist", version=7, path="/var/lib/kubetrain/models/mnist/7"),
+            "wallTimeSeconds": 30.5,
+            "examplesPerSecond": 1100.0,
+            "testExamples": 1000,
+            **fields,
         }
     )
 
@@ -31,7 +42,7 @@ LOG = "\n".join(
         "2025-01-01 12:00:00.000 I tensorflow/core/...: collective ops ready",
         record(1, loss=0.5, accuracy=0.85, val_loss=0.30, val_accuracy=0.91),
         "{not json",
-        '{"type": "batch", "batch": 10}',
+        Batch(step=10, steps_per_epoch=20, metrics={"loss": 0.4}).line(),
         record(2, loss=0.3, accuracy=0.92, val_loss=0.25, val_accuracy=0.95),
         record(3, loss=0.2, accuracy=0.95, val_loss=0.27, val_accuracy=0.94),
     ]
@@ -39,7 +50,7 @@ LOG = "\n".join(
 
 
 def test_only_epoch_records_are_read_from_a_mixed_log():
-    assert [r["epoch"] for r in epoch_records(LOG)] == [1, 2, 3]
+    assert [r.epoch for r in epoch_records(LOG)] == [1, 2, 3]
 
 
 def test_progress_reports_the_latest_epoch_and_the_best_one():
@@ -69,17 +80,8 @@ def test_the_best_epoch_survives_reading_only_later_log_lines():
 
 
 def test_the_chiefs_result_becomes_best_checkpoint_test_metrics_and_model():
-    message = json.dumps(
-        {
-            "status": "Succeeded",
-            "bestEpoch": 2,
-            "metric": "val_accuracy",
-            "validation": {"val_accuracy": 0.95, "val_loss": 0.25},
-            "test": {"test_accuracy": 0.948, "test_loss": 0.26},
-            "model": {"name": "mnist", "version": 7, "path": "/var/lib/kubetrain/models/mnist/7"},
-        }
-    )
-    update = result_update(parse_result(message), "val_accuracy")
+    message = result().model_dump_json(by_alias=True, exclude_none=True)
+    update = result_update(parse_result(message))
     assert update["bestCheckpoint"] == {
         "epoch": 2,
         "metric": "val_accuracy",
@@ -99,6 +101,7 @@ def test_a_message_that_is_not_a_result_is_none():
     assert parse_result("Traceback (most recent call last): ...") is None
     assert parse_result("") is None
     assert parse_result("[1, 2]") is None
+    assert parse_result('{"status": "Succeeded"}') is None  # not the result the contract defines
 
 
 def test_metrics_are_kept_to_four_decimals_so_kubectl_get_stays_readable():
@@ -107,12 +110,9 @@ def test_metrics_are_kept_to_four_decimals_so_kubectl_get_stays_readable():
     )
     assert update["bestMetrics"]["val_accuracy"] == 0.9671
     assert update["bestCheckpoint"]["value"] == 0.9671
-    result = {
-        "bestEpoch": 1,
-        "validation": {"val_accuracy": 0.96705162},
-        "test": {"accuracy": 0.97123},
-    }
-    final = result_update(result, "val_accuracy")
+    final = result_update(
+        result(bestEpoch=1, validation={"val_accuracy": 0.96705162}, test={"accuracy": 0.97123})
+    )
     assert final["bestCheckpoint"]["value"] == 0.9671
     assert final["testMetrics"] == {"accuracy": 0.9712}
 

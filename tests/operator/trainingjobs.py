@@ -1,11 +1,13 @@
-"""Builders for TrainingJob bodies and worker pod summaries, as the API server would hold them."""
+"""Builders for TrainingJob bodies, worker pod summaries and serving Deployments, as the API
+server would hold them."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from kubetrain.trainer.spec import TrainingJob, parse_job
+from kubetrain.operator import serving
+from kubetrain.trainer.api.spec import TrainingJob, parse_job
 
 SPEC: dict[str, Any] = {
     "dataset": {"name": "mnist", "source": "data/mnist"},
@@ -56,3 +58,30 @@ def pod(
         "reason": reason,
         "deletionTimestamp": deleting,
     }
+
+
+def serving_deployment(
+    version: int, value: float = 0.97, job_uid: str = "uid-1", **promotion_spec: Any
+) -> dict[str, Any]:
+    """The serving Deployment as the operator creates it, serving `version` with `value`."""
+    spec = job(body(promotion={"deployment": "mnist-serving", **promotion_spec})).spec
+    annotations = serving.served_annotations(version, "val_accuracy", value, job_uid)
+    return serving.deployment(spec, "ml", version, annotations)
+
+
+def strategic_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The part of strategic merge the version patch relies on: lists merged by `name`."""
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = strategic_merge(out.get(key, {}), value)
+        elif isinstance(value, list) and value and "name" in value[0]:
+            items = {item["name"]: item for item in out.get(key, [])}
+            for item in value:
+                items[item["name"]] = strategic_merge(items.get(item["name"], {}), item)
+            out[key] = list(items.values())
+        else:
+            out[key] = value
+    return out

@@ -43,7 +43,7 @@ def test_run_trains_exports_and_writes_the_result(job_document: dict, tmp_path: 
         "bestEpoch",
         "validation",
         "test",
-        "test_accuracy",
+        "testAccuracy",
         "model",
         "wallTimeSeconds",
         "examplesPerSecond",
@@ -51,7 +51,7 @@ def test_run_trains_exports_and_writes_the_result(job_document: dict, tmp_path: 
     metadata = json.loads((Path(result["model"]["path"]) / "metadata.json").read_text())
     assert metadata["epoch"] == result["bestEpoch"]
     assert metadata["inputShape"] == [28, 28, 1]
-    assert metadata["metrics"]["test_accuracy"] == result["test_accuracy"]
+    assert metadata["metrics"]["test_accuracy"] == result["testAccuracy"]
 
     again = kubetrain(
         "run",

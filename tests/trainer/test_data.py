@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import idx_bytes, write_mnist, write_planesnet_folder, write_planesnet_json
+from kubetrain.trainer.api.spec import Dataset
 from kubetrain.trainer.data import DataError, load_mnist, load_planesnet, shard, split
-from kubetrain.trainer.spec import Dataset
 from PIL import Image
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"

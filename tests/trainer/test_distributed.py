@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kubetrain.trainer.api.records import Epoch, Record, Start
+from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.runner import Display, JobFailed, run_local
-from kubetrain.trainer.spec import parse_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +27,14 @@ class Recorder(Display):
         self.kill_at = kill_worker_at_epoch
         self.killed = False
 
-    def show(self, worker: int, record: dict[str, Any]) -> None:
-        self.records[worker].append(record)
+    def show(self, worker: int, record: Record) -> None:
+        self.records[worker].append(record.document())
         if (
             self.kill_at
             and not self.killed
             and worker == 0
-            and record["type"] == "epoch"
-            and record["epoch"] == self.kill_at
+            and isinstance(record, Epoch)
+            and record.epoch == self.kill_at
         ):
             (start,) = [r for r in self.records[1] if r["type"] == "start"][-1:]
             os.kill(start["pid"], signal.SIGKILL)
@@ -58,10 +59,10 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(
     assert starts[0]["shardExamples"] + starts[1]["shardExamples"] == starts[0]["trainExamples"]
 
     best = max(chief, key=lambda r: r["metrics"]["val_accuracy"])
-    assert result["bestEpoch"] == best["epoch"]
-    assert result["validation"]["val_accuracy"] == pytest.approx(best["metrics"]["val_accuracy"])
-    assert result["test_accuracy"] > 0.9  # the patterns are learnable: this is real training
-    assert result["model"]["version"] == 1
+    assert result.best_epoch == best["epoch"]
+    assert result.validation["val_accuracy"] == pytest.approx(best["metrics"]["val_accuracy"])
+    assert result.test_accuracy > 0.9  # the patterns are learnable: this is real training
+    assert result.model.version == 1
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "epoch-0001",
         "epoch-0002",
@@ -70,7 +71,7 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(
 
     from kubetrain.trainer.tflib import tf
 
-    served = tf.saved_model.load(result["model"]["path"]).signatures["serving_default"]
+    served = tf.saved_model.load(result.model.path).signatures["serving_default"]
     from datasets import digit_images
 
     labels = np.arange(10)
@@ -91,7 +92,7 @@ def test_a_killed_worker_restarts_the_job_from_the_last_checkpoint(
     assert resumed["fromEpoch"] >= 3  # not from zero
     epochs = [r["epoch"] for r in recorder.of(0, "epoch")]
     assert epochs.count(1) == 1  # epoch 1 was never trained again
-    assert epochs[-1] == 8 and result["status"] == "Succeeded"
+    assert epochs[-1] == 8 and result.status == "Succeeded"
     assert len(list((tmp_path / "checkpoints").glob("epoch-*"))) == 8
 
 
@@ -111,10 +112,10 @@ def test_a_job_that_keeps_failing_stops_at_the_backoff_limit(
     job_document["spec"]["workers"]["replicas"] = 2
 
     class KillEveryAttempt(Recorder):
-        def show(self, worker: int, record: dict[str, Any]) -> None:
+        def show(self, worker: int, record: Record) -> None:
             super().show(worker, record)
-            if worker == 1 and record["type"] == "start":
-                os.kill(record["pid"], signal.SIGKILL)
+            if worker == 1 and isinstance(record, Start):
+                os.kill(record.pid, signal.SIGKILL)
 
     with pytest.raises(JobFailed, match=r"BackoffLimitExceeded.*backoffLimit=1"):
         run_local(parse_job(job_document), tmp_path, display=KillEveryAttempt())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kubetrain.trainer.export import SIGNATURE_NAME, export_model
+from kubetrain.trainer.api.layout import SIGNATURE_NAME
+from kubetrain.trainer.api.spec import Architecture
+from kubetrain.trainer.export import export_model
 from kubetrain.trainer.models import BUILDERS, build_model
-from kubetrain.trainer.spec import Architecture
 from kubetrain.trainer.tflib import tf
 
 SHAPES = {"mnist": ((28, 28, 1), 10), "planesnet": ((20, 20, 3), 2)}

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubetrain.trainer.spec import SpecError, TrainingJobSpec, apply_override, load_job, parse_job
+from kubetrain.trainer.api.spec import (
+    SpecError,
+    TrainingJobSpec,
+    apply_override,
+    load_job,
+    parse_job,
+)
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 

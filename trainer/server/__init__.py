@@ -14,7 +14,7 @@ from .config import add_serve_arguments
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     from .config import ServerSettings
-    from .runner import run
+    from .lifecycle import run
 
     return run(ServerSettings.from_args(args))
 

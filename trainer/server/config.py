@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PORT = 8501
-VERSION_ENV = "MODEL_VERSION"
+from ..api.entrypoints import MODEL_VERSION_ENV, SERVER_PORT
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -17,7 +17,7 @@ class ServerSettings:
     model_dir: Path
     model_name: str
     host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
+    port: int = SERVER_PORT
     model_version: int | None = None
     enable_batching: bool = True
     max_batch_size: int = 32
@@ -76,7 +76,7 @@ def _version(text: str) -> int | None:
         return None
     if not text.isdigit():
         raise argparse.ArgumentTypeError(
-            f"a model version is a positive integer (from the flag or env {VERSION_ENV}), "
+            f"a model version is a positive integer (from the flag or env {MODEL_VERSION_ENV}), "
             f"got {text!r}"
         )
     return int(text)
@@ -93,12 +93,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-name", default=None, help="name in the URL (default: the directory name)"
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    parser.add_argument("--port", type=int, default=SERVER_PORT, help="HTTP port")
     parser.add_argument(
         "--model-version",
         type=_version,
-        default=os.environ.get(VERSION_ENV, ""),
-        help=f"serve this version instead of the highest one (default: env {VERSION_ENV})",
+        default=os.environ.get(MODEL_VERSION_ENV, ""),
+        help=f"serve this version instead of the highest one (default: env {MODEL_VERSION_ENV})",
     )
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument(

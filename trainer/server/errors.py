@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class ApiError(Exception):
+class ServingError(Exception):
     status_code = 400
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
@@ -13,17 +13,17 @@ class ApiError(Exception):
             self.status_code = status_code
 
 
-class BadRequest(ApiError):
+class BadRequest(ServingError):
     status_code = 400
 
 
-class NotFound(ApiError):
+class NotFound(ServingError):
     status_code = 404
 
 
-class UnsupportedMediaType(ApiError):
+class UnsupportedMediaType(ServingError):
     status_code = 415
 
 
-class Unavailable(ApiError):
+class Unavailable(ServingError):
     status_code = 503

@@ -1,8 +1,8 @@
 """Finding, loading and calling one exported model version.
 
-The layout is the exporter's (`trainer/export.py`): integer version directories under the
-model directory, each a SavedModel plus `metadata.json`. Anything else in the directory,
-such as a hidden `.export-*` staging directory, is an incomplete export and is ignored.
+The layout is the model repository's (`kubetrain.trainer.api.layout`): integer version
+directories under the model directory, each a SavedModel plus `metadata.json`. Anything else in
+the directory, such as a hidden `.export-*` staging directory, is an incomplete export.
 """
 
 from __future__ import annotations
@@ -15,26 +15,18 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from ..api.layout import METADATA_FILE, SIGNATURE_NAME, versions
 
-SIGNATURE_NAME = "serving_default"
-METADATA_FILE = "metadata.json"
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(RuntimeError):
     """The model directory has no servable version (or not the pinned one)."""
 
 
-def available_versions(model_dir: Path) -> list[int]:
-    """Complete version directories, ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
-
-
 def choose_version(model_dir: Path, pinned: int | None) -> int:
     """The pinned version if it exists, else the highest; raises `ModelNotFound`."""
-    found = available_versions(model_dir)
+    found = versions(model_dir)
     if pinned is not None:
         if pinned not in found:
             raise ModelNotFound(
@@ -47,7 +39,7 @@ def choose_version(model_dir: Path, pinned: int | None) -> int:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class SignatureTensor:
     name: str
     shape: tuple[int | None, ...]
     dtype: str  # TensorFlow's enum name, e.g. DT_FLOAT, as TensorFlow Serving reports it
@@ -61,8 +53,8 @@ class ServedModel:
     version: int
     path: Path
     metadata: dict[str, Any]
-    input: TensorInfo
-    output: TensorInfo
+    input: SignatureTensor
+    output: SignatureTensor
     _function: Any = field(repr=False)
     _tf: Any = field(repr=False)
     # The signature holds only weak references to the variables: keep their owner alive.
@@ -91,11 +83,11 @@ class ServedModel:
         self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
 
 
-def _tensor_info(name: str, spec: Any) -> TensorInfo:
+def _tensor_info(name: str, spec: Any) -> SignatureTensor:
     from tensorflow.core.framework import types_pb2
 
     shape = tuple(None if d is None else int(d) for d in spec.shape.as_list())
-    return TensorInfo(
+    return SignatureTensor(
         name=name, shape=shape, dtype=types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
     )
 

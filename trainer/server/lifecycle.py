@@ -17,9 +17,10 @@ from types import FrameType
 
 import uvicorn
 
-from .app import ServerState, create_app
 from .config import ServerSettings
 from .model import ModelNotFound, choose_version
+from .routes import create_app
+from .state import ServerState
 
 log = logging.getLogger("kubetrain.trainer.server")
 

@@ -19,6 +19,9 @@ from pydantic.alias_generators import to_camel
 API_GROUP = "kubetrain.io"
 API_VERSION = "v1alpha1"
 KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+MAX_NAME_LENGTH = 52
+"""`<name>-worker-<index>` must stay a valid 63-character DNS label."""
 
 
 class SpecError(ValueError):
@@ -92,7 +95,7 @@ class Dataset(_Model):
     )
 
 
-class ModelSpec(_Model):
+class TrainedModel(_Model):
     architecture: Architecture = Field(description="The network to train.")
     name: str | None = Field(
         None,
@@ -195,7 +198,7 @@ class RunPolicy(_Model):
 
 class TrainingJobSpec(_Model):
     dataset: Dataset
-    model: ModelSpec
+    model: TrainedModel
     training: Training = Field(default_factory=Training)
     workers: Workers = Field(default_factory=Workers)
     storage: Storage = Field(default_factory=Storage)
@@ -224,7 +227,9 @@ class TrainingJobSpec(_Model):
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)]
+    name: Annotated[
+        str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=MAX_NAME_LENGTH)
+    ]
     namespace: str | None = None
 
 

@@ -1,0 +1,208 @@
+"""The serving Deployment and Service a promotion creates, patches and reads back.
+
+The serving Deployment outlives the jobs that promote to it, so it has no owner reference;
+the metric of the version it serves is kept on it as annotations, which is what the gate of
+the next job compares against. Pure functions; the handler does the API calls.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubetrain.operator.manifests import CONTAINER_SECURITY_CONTEXT, MANAGED_BY
+from kubetrain.trainer.api.entrypoints import (
+    MODEL_VERSION_ENV,
+    SERVE_COMMAND,
+    SERVER_PORT,
+    serve_arguments,
+)
+from kubetrain.trainer.api.layout import model_dir
+from kubetrain.trainer.api.spec import TrainingJobSpec
+
+SERVER_CONTAINER = "server"
+LABEL_SERVING = "kubetrain.io/serving"
+ANN_VERSION = "kubetrain.io/model-version"
+ANN_METRIC = "kubetrain.io/metric"
+ANN_VALUE = "kubetrain.io/metric-value"
+ANN_JOB = "kubetrain.io/promoted-by"
+ANN_PREVIOUS_VERSION = "kubetrain.io/previous-version"
+ANN_PREVIOUS_METRIC = "kubetrain.io/previous-metric"
+ANN_PREVIOUS_VALUE = "kubetrain.io/previous-metric-value"
+PRESTOP_SECONDS = 5
+"""Endpoints drop a terminating pod a moment after it is told to stop; serve until then."""
+
+
+def serving_labels(deployment: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "kubetrain-serving", LABEL_SERVING: deployment}
+
+
+def served_annotations(
+    version: int,
+    metric: str,
+    value: float | None,
+    job_uid: str,
+    previous: dict[str, str] | None = None,
+) -> dict[str, str | None]:
+    """What the Deployment records about the version it serves and the one before it."""
+    previous = previous or {}
+    return {
+        ANN_VERSION: str(version),
+        ANN_METRIC: metric,
+        ANN_VALUE: repr(value) if value is not None else None,
+        ANN_JOB: job_uid,
+        ANN_PREVIOUS_VERSION: previous.get(ANN_VERSION),
+        ANN_PREVIOUS_METRIC: previous.get(ANN_METRIC),
+        ANN_PREVIOUS_VALUE: previous.get(ANN_VALUE),
+    }
+
+
+def deployment(
+    spec: TrainingJobSpec,
+    namespace: str,
+    version: int,
+    annotations: dict[str, str | None],
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """The serving Deployment; only `MODEL_VERSION` differs between two promotions."""
+    name = spec.serving_deployment
+    labels = serving_labels(name)
+    command = command or SERVE_COMMAND
+    probe = {
+        "httpGet": {"path": "/readyz", "port": SERVER_PORT},
+        "periodSeconds": 2,
+        "failureThreshold": 2,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**labels, **MANAGED_BY},
+            "annotations": {k: v for k, v in annotations.items() if v is not None},
+        },
+        "spec": {
+            "replicas": spec.promotion.replicas,
+            "selector": {"matchLabels": labels},
+            "progressDeadlineSeconds": spec.promotion.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [
+                        {
+                            "name": SERVER_CONTAINER,
+                            "image": spec.workers.image,
+                            "imagePullPolicy": spec.workers.image_pull_policy,
+                            "command": [
+                                *command,
+                                *serve_arguments(
+                                    model_dir(spec.storage.mount_path, spec.model_name)
+                                ),
+                            ],
+                            "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
+                            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+                            "readinessProbe": probe,
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+                                "periodSeconds": 10,
+                                "failureThreshold": 3,
+                                "initialDelaySeconds": 10,
+                            },
+                            "lifecycle": {
+                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
+                            },
+                            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+                            "volumeMounts": [
+                                {
+                                    "name": "storage",
+                                    "mountPath": spec.storage.mount_path,
+                                    "readOnly": True,
+                                }
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "storage",
+                            "persistentVolumeClaim": {
+                                "claimName": spec.storage.claim_name,
+                                "readOnly": True,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def restored_annotations(served: dict[str, str]) -> dict[str, str | None]:
+    """The annotations of a Deployment rolled back to the version it served before."""
+    return {
+        ANN_VERSION: served.get(ANN_PREVIOUS_VERSION),
+        ANN_METRIC: served.get(ANN_PREVIOUS_METRIC),
+        ANN_VALUE: served.get(ANN_PREVIOUS_VALUE),
+        ANN_JOB: None,
+        ANN_PREVIOUS_VERSION: None,
+        ANN_PREVIOUS_METRIC: None,
+        ANN_PREVIOUS_VALUE: None,
+    }
+
+
+def version_patch(version: int, annotations: dict[str, str | None]) -> dict[str, Any]:
+    """Strategic merge patch that changes the served version and nothing else in the pods."""
+    return {
+        "metadata": {"annotations": annotations},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": SERVER_CONTAINER,
+                            "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
+                        }
+                    ]
+                }
+            }
+        },
+    }
+
+
+def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
+    name = spec.serving_deployment
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**serving_labels(name), **MANAGED_BY},
+        },
+        "spec": {
+            "selector": serving_labels(name),
+            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT}],
+        },
+    }
+
+
+def is_managed(dep: dict[str, Any]) -> bool:
+    """Whether the operator created this Deployment (it never touches anyone else's)."""
+    return all((dep["metadata"].get("labels") or {}).get(k) == v for k, v in MANAGED_BY.items())
+
+
+def served_version(dep: dict[str, Any]) -> int | None:
+    """The version the Deployment's pod template pins."""
+    for container in dep["spec"]["template"]["spec"]["containers"]:
+        if container["name"] == SERVER_CONTAINER:
+            for env in container.get("env") or []:
+                if env["name"] == MODEL_VERSION_ENV and str(env.get("value", "")).isdigit():
+                    return int(env["value"])
+    return None

@@ -1,0 +1,35 @@
+"""How a worker and a model server are started: their commands, arguments and environment.
+
+The operator puts these into pod specs, the local runner into subprocesses, and the CLI parses
+them; another image may replace the command but keeps the arguments and the variables.
+"""
+
+from __future__ import annotations
+
+WORKER = "worker"
+SERVE = "serve"
+WORKER_COMMAND = ["kubetrain", WORKER]
+"""The trainer image's worker entrypoint; `worker_arguments` follow it."""
+SERVE_COMMAND = ["kubetrain", SERVE]
+"""The trainer image's model server entrypoint; `serve_arguments` follow it."""
+SERVER_PORT = 8501
+"""TensorFlow Serving's REST port, which the model server listens on by default."""
+
+JOB_ENV = "KUBETRAIN_JOB"
+"""The TrainingJob (name, namespace and spec) as JSON, for a worker without `--job`."""
+ATTEMPT_ENV = "KUBETRAIN_ATTEMPT"
+"""Which job-level attempt a worker pod belongs to (0, then one more per restart)."""
+TERMINATION_LOG = "/dev/termination-log"
+"""Where Kubernetes takes a container's termination message from (the pod's default)."""
+TERMINATION_LOG_ENV = "KUBETRAIN_TERMINATION_LOG"
+"""Where a worker writes its last words when not in a pod (`/dev/termination-log` there)."""
+MODEL_VERSION_ENV = "MODEL_VERSION"
+"""The model version a server pins; promotion changes only this in the serving Deployment."""
+
+
+def worker_arguments(workdir: str, model_root: str) -> list[str]:
+    return ["--workdir", workdir, "--model-root", model_root]
+
+
+def serve_arguments(model_dir: str, port: int = SERVER_PORT) -> list[str]:
+    return ["--model-dir", model_dir, "--port", str(port)]

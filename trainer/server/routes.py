@@ -1,0 +1,214 @@
+"""The FastAPI application: TensorFlow Serving's REST routes plus classify, probes and metrics.
+
+Only routing lives here (paths, OpenAPI descriptions, error handlers, middleware); what each
+route answers is `protocol.py`'s, and the model's loading is `state.py`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import protocol
+from .errors import ServingError
+from .middleware import BodySizeLimit, ObserveRequests
+from .schemas import (
+    ClassifyResponse,
+    ColumnarPredictResponse,
+    ErrorResponse,
+    Health,
+    ModelMetadataResponse,
+    ModelStatusResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from .state import ServerState, load
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
+}
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 503)
+}
+
+ModelName = Annotated[str, Path(description="the served model's name")]
+Version = Annotated[str, Path(description="an integer model version")]
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The application for one model directory; `state` is shared with the process runner."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(load(state))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if state.batcher is not None:
+                await state.batcher.close()
+
+    app = FastAPI(
+        title="kubetrain model server",
+        summary="TensorFlow-Serving-compatible REST API for models exported by kubetrain.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(ObserveRequests, metrics=state.metrics, draining=lambda: state.draining)
+    state.metrics.ready.set_function(lambda: float(state.ready))
+
+    @app.exception_handler(ServingError)
+    async def api_error(_: Request, error: ServingError) -> JSONResponse:
+        return _error(error.status_code, error.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, error: Exception) -> JSONResponse:
+        # Logged by uvicorn with its traceback; the client still gets the API's error shape.
+        return _error(500, f"internal error: {type(error).__name__}")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(400, protocol.describe_validation(error))
+
+    # Probes and metrics.
+
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
+    async def healthz() -> Health:
+        return Health(status="alive")
+
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        summary="Readiness: model loaded and warmed, not shutting down",
+        responses={503: {"model": Health}},
+    )
+    async def readyz() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"status": "ready"})
+        reason = "draining" if state.draining else ("failed" if state.load_error else "loading")
+        return JSONResponse({"status": reason}, status_code=503)
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    # Model status and metadata.
+
+    @app.get("/v1/models/{name}", tags=["models"], responses=ERRORS, summary="Model status")
+    async def model_status(name: ModelName) -> ModelStatusResponse:
+        return protocol.status(state, name, None)
+
+    @app.get(
+        "/v1/models/{name}/versions/{version}",
+        tags=["models"],
+        responses=ERRORS,
+        summary="Status of one model version",
+    )
+    async def model_version_status(name: ModelName, version: Version) -> ModelStatusResponse:
+        return protocol.status(state, name, version)
+
+    @app.get(
+        "/v1/models/{name}/metadata",
+        tags=["models"],
+        responses=ERRORS,
+        summary="Signature (input shape and dtype), class names and metrics",
+        response_model_by_alias=True,
+    )
+    async def model_metadata(name: ModelName) -> ModelMetadataResponse:
+        return protocol.metadata(state, name, None)
+
+    @app.get(
+        "/v1/models/{name}/versions/{version}/metadata",
+        tags=["models"],
+        responses=ERRORS,
+        summary="Metadata of one model version",
+        response_model_by_alias=True,
+    )
+    async def model_version_metadata(name: ModelName, version: Version) -> ModelMetadataResponse:
+        return protocol.metadata(state, name, version)
+
+    # Predict (TensorFlow Serving's format) and classify (an image upload).
+
+    @app.post(
+        "/v1/models/{name}:predict",
+        tags=["predict"],
+        responses=ERRORS,
+        openapi_extra=PREDICT_BODY,
+        summary="Predict with the served version (TensorFlow Serving's request format)",
+    )
+    async def predict_latest(
+        name: ModelName, request: Request
+    ) -> PredictResponse | ColumnarPredictResponse:
+        return await protocol.predict(state, name, None, request)
+
+    @app.post(
+        "/v1/models/{name}/versions/{version}:predict",
+        tags=["predict"],
+        responses=ERRORS,
+        openapi_extra=PREDICT_BODY,
+        summary="Predict with a specific version (404 unless it is the one served)",
+    )
+    async def predict_version(
+        name: ModelName, version: Version, request: Request
+    ) -> PredictResponse | ColumnarPredictResponse:
+        return await protocol.predict(state, name, version, request)
+
+    @app.post(
+        "/v1/models/{name}:classify",
+        tags=["classify"],
+        responses=ERRORS,
+        openapi_extra=CLASSIFY_BODY,
+        summary="Classify one PNG/JPEG image (raw body or multipart file)",
+    )
+    async def classify_latest(name: ModelName, request: Request) -> ClassifyResponse:
+        return await protocol.classify(state, name, None, request)
+
+    @app.post(
+        "/v1/models/{name}/versions/{version}:classify",
+        tags=["classify"],
+        responses=ERRORS,
+        openapi_extra=CLASSIFY_BODY,
+        summary="Classify an image with a specific version",
+    )
+    async def classify_version(
+        name: ModelName, version: Version, request: Request
+    ) -> ClassifyResponse:
+        return await protocol.classify(state, name, version, request)
+
+    return app
