@@ -19,6 +19,7 @@ from kubetrain.trainer.api.spec import (
     API_GROUP,
     API_VERSION,
     ARCHITECTURE_DATASET,
+    DNS1035_LABEL,
     KIND,
     MAX_NAME_LENGTH,
     PLURAL,
@@ -136,6 +137,12 @@ ROOT_RULES = [
         "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
         "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
         "(worker pods are named <name>-worker-<index>)",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{DNS1035_LABEL}')",
+        "message": "metadata.name must start with a letter and hold only lowercase letters, "
+        "digits and '-' (a DNS-1035 label): the job's headless Service has its name",
         "reason": "FieldValueInvalid",
     },
 ]

@@ -297,6 +297,9 @@ def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
             {"storage": {"claimName": None}, "promotion": {"enabled": True}},
             "spec.storage.claimName",
         ),
+        ({"storage": {"claimName": "../kube-system/x"}}, "spec.storage.claimName"),
+        ({"model": {"name": "007"}}, "spec.model.name"),
+        ({"training": {"seed": 2**32}}, "spec.training.seed"),
     ],
 )
 def test_the_api_server_refuses_an_invalid_spec_naming_the_field(
@@ -315,6 +318,12 @@ def test_the_api_server_refuses_a_name_too_long_for_worker_pods(namespace: Kubec
     proc = namespace("apply", "-f", "-", input=json.dumps(trainingjob("x" * 53)), check=False)
     assert proc.returncode != 0
     assert "at most 52 characters" in proc.stderr, proc.stderr
+
+
+def test_the_api_server_refuses_a_name_no_service_can_have(namespace: Kubectl, crd: None):
+    proc = namespace("apply", "-f", "-", input=json.dumps(trainingjob("1st-run")), check=False)
+    assert proc.returncode != 0
+    assert "must start with a letter" in proc.stderr, proc.stderr
 
 
 def test_a_missing_claim_is_reported_and_waited_for(namespace: Kubectl, crd: None):

@@ -56,6 +56,12 @@ def test_set_overrides_any_field_by_dotted_camel_case_path(
         ("spec.training.epoch=3", "spec.training.epoch"),
         ("spec.dataset.name=cifar", "spec.dataset.name"),
         ("spec.model.architecture=planesnet-seed", "planesnet"),
+        # Names that become object names or parts of API URLs, checked as the API server would.
+        ("spec.storage.claimName=../kube-system/secrets/x", "spec.storage.claimName"),
+        ("spec.storage.dataClaimName=a/b", "spec.storage.dataClaimName"),
+        ("spec.model.name=" + "m" * 56, "spec.model.name"),
+        ("spec.promotion.deployment=9-serving", "spec.promotion.deployment"),
+        ("spec.training.seed=4294967295", "spec.training.seed"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_field(
@@ -64,6 +70,31 @@ def test_a_bad_value_is_refused_naming_the_field(
     apply_override(job_document, override)
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         parse_job(job_document)
+
+
+def test_a_model_name_must_make_a_valid_service_name(job_document: dict) -> None:
+    job_document["spec"]["model"]["name"] = "007"
+    with pytest.raises(SpecError, match=r"spec\.model\.name"):
+        parse_job(job_document)
+    job_document["spec"]["model"]["name"] = "m" * 55
+    assert parse_job(job_document).spec.serving_deployment == "m" * 55 + "-serving"
+
+
+def test_a_job_name_must_make_a_valid_service_name(job_document: dict) -> None:
+    job_document["metadata"]["name"] = "1st-run"
+    with pytest.raises(SpecError, match=r"metadata\.name"):
+        parse_job(job_document)
+
+
+def test_an_empty_claim_name_is_refused(job_document: dict) -> None:
+    job_document["spec"]["storage"] = {"claimName": ""}
+    with pytest.raises(SpecError, match=r"spec\.storage\.claimName"):
+        parse_job(job_document)
+
+
+def test_a_claim_name_may_be_a_dns_subdomain(job_document: dict) -> None:
+    apply_override(job_document, "spec.storage.claimName=models.team-a")
+    assert parse_job(job_document).spec.storage.claim_name == "models.team-a"
 
 
 def test_a_set_without_a_value_is_refused(job_document: dict) -> None:

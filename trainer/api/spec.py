@@ -23,6 +23,18 @@ PLURAL = "trainingjobs"
 MAX_NAME_LENGTH = 52
 """`<name>-worker-<index>` must stay a valid 63-character DNS label."""
 
+# Names that end up in object names or API URLs, checked as the API server would check them,
+# so that a job author cannot reach outside their namespace with a path (`../kube-system`).
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A Service name: lowercase letters, digits and '-'; a letter first, alphanumeric last."""
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A PersistentVolumeClaim name: DNS-1123 labels joined by dots, at most 253 characters."""
+SERVING_SUFFIX = "-serving"
+MAX_MODEL_NAME_LENGTH = 63 - len(SERVING_SUFFIX)
+"""`<model name>-serving` is the default serving Deployment and Service name."""
+MAX_SEED = 2**32 - 2
+"""The split draws with `seed` and `seed + 1`; numpy takes 32-bit seeds."""
+
 
 class SpecError(ValueError):
     """A TrainingJob that cannot run; the message names the offending field."""
@@ -99,9 +111,10 @@ class TrainedModel(_Model):
     architecture: Architecture = Field(description="The network to train.")
     name: str | None = Field(
         None,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        max_length=63,
-        description="Name the model is exported and served under; defaults to the dataset name.",
+        pattern=DNS1035_LABEL,
+        max_length=MAX_MODEL_NAME_LENGTH,
+        description="Name the model is exported and served under; defaults to the dataset name. "
+        "A DNS-1035 label, as `<name>-serving` names the serving Service.",
     )
 
 
@@ -115,7 +128,9 @@ class Training(_Model):
     metric: Literal["val_accuracy", "val_loss"] = Field(
         "val_accuracy", description="Validation metric that picks the best checkpoint."
     )
-    seed: int = Field(42, ge=0, description="Seeds the split, the weights and the shuffling.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="Seeds the split, the weights and the shuffling."
+    )
 
 
 class ResourceRequirements(_Model):
@@ -148,13 +163,19 @@ class Storage(_Model):
     """Where checkpoints and exported models live; in a pod, a PVC mounted at `mountPath`."""
 
     claim_name: str | None = Field(
-        None, description="PersistentVolumeClaim holding checkpoints and exported models."
+        None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="PersistentVolumeClaim holding checkpoints and exported models.",
     )
     mount_path: str = Field(
         "/var/lib/kubetrain", pattern=r"^/", description="Where pods mount `claimName`."
     )
     data_claim_name: str | None = Field(
-        None, description="Optional PVC holding the dataset, mounted read-only at /data."
+        None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="Optional PVC holding the dataset, mounted read-only at /data.",
     )
 
 
@@ -162,10 +183,10 @@ class Promotion(_Model):
     enabled: bool = Field(True, description="Promote the best model when the job succeeds.")
     deployment: str | None = Field(
         None,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS1035_LABEL,
         max_length=63,
-        description="Serving Deployment to roll the best model out to; defaults to "
-        "`<model name>-serving`.",
+        description="Serving Deployment (and Service) to roll the best model out to; defaults "
+        "to `<model name>-serving`.",
     )
     replicas: int = Field(2, ge=1, le=100, description="Serving pods.")
     min_improvement: float = Field(
@@ -221,15 +242,14 @@ class TrainingJobSpec(_Model):
 
     @property
     def serving_deployment(self) -> str:
-        return self.promotion.deployment or f"{self.model_name}-serving"
+        return self.promotion.deployment or f"{self.model_name}{SERVING_SUFFIX}"
 
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: Annotated[
-        str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=MAX_NAME_LENGTH)
-    ]
+    # DNS-1035: the job's headless Service has the job's name.
+    name: Annotated[str, Field(pattern=DNS1035_LABEL, max_length=MAX_NAME_LENGTH)]
     namespace: str | None = None
 
 
