@@ -8,6 +8,7 @@ records, and nothing talks to the API server.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,8 +77,16 @@ def epoch_records(log_text: str) -> list[Epoch]:
 
 
 def metric_values(metrics: dict[str, Any] | None) -> dict[str, float]:
-    """The numeric metrics of a record, to 4 decimals: what `kubectl get` shows, unpadded."""
-    return {k: round(float(v), 4) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+    """The finite metrics of a record, to 4 decimals: what `kubectl get` shows, unpadded.
+
+    NaN and infinity are left out: JSON has no such numbers, and one in a status patch would
+    make the API server refuse every later update.
+    """
+    return {
+        k: round(float(v), 4)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    }
 
 
 def progress_update(status: dict[str, Any], records: list[Epoch], metric: str) -> dict[str, Any]:

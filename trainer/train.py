@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 from . import checkpoints
 from .api.layout import RESULT_FILE, Layout
 from .api.records import Batch, Epoch, Result, Resumed, Start, emit
-from .api.spec import TrainingJob
+from .api.spec import SpecError, TrainingJob
 from .api.status import ModelRef
 from .api.tfconfig import Cluster
 from .data import Source, load_source, shard, split
@@ -50,6 +51,26 @@ def _pipeline(
     if augment:
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Fail the job for good once an epoch ends with a metric that is NaN or infinite.
+
+    Every later epoch would be as broken and a restart replays the same steps, so this is a
+    permanent error (a spec to change), raised before the epoch's checkpoint is published.
+    """
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        broken = sorted(k for k, v in (logs or {}).items() if not math.isfinite(float(v)))
+        if broken:
+            raise SpecError(
+                f"training diverged in epoch {epoch + 1}: {', '.join(broken)} not finite; "
+                f"lower spec.training.learningRate (now {self.learning_rate})"
+            )
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -210,6 +231,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         validation_data=strategy.distribute_datasets_from_function(lambda _: val_ds),
         validation_steps=val_steps,
         callbacks=[
+            StopOnDivergence(spec.training.learning_rate),
             # Publish the checkpoint before the backup marks the epoch done, so a crash
             # between the two retrains the epoch instead of losing its checkpoint.
             EpochCheckpoint(layout.checkpoints, cluster),

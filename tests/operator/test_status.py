@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from kubetrain.operator.status import epoch_records, progress_update, replace_maps, result_update
 from kubetrain.trainer.api.records import Batch, Epoch, Result, parse_result
 from kubetrain.trainer.api.status import ModelRef, TrainingJobStatus
@@ -123,3 +125,17 @@ def test_a_patch_replaces_metric_maps_so_stale_keys_go():
     patch = replace_maps(old, update)
     assert patch == {"metrics": {"loss": 0.25, "accuracy": None}, "phase": "Running"}
     assert update == {"metrics": {"loss": 0.25}, "phase": "Running"}  # not modified
+
+
+def test_a_metric_that_is_not_finite_stays_out_of_the_status_patch():
+    diverged = "\n".join(
+        [
+            record(1, loss=0.5, val_accuracy=0.91),
+            record(2, loss=float("nan"), val_accuracy=float("nan")),
+            record(3, loss=float("inf"), val_accuracy=0.1),
+        ]
+    )
+    update = progress_update({}, epoch_records(diverged), "val_accuracy")
+    json.dumps(update, allow_nan=False)  # what the API server accepts
+    assert update["metrics"] == {"val_accuracy": 0.1}
+    assert update["bestCheckpoint"] == {"epoch": 1, "metric": "val_accuracy", "value": 0.91}

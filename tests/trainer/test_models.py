@@ -51,3 +51,13 @@ def test_an_exported_planesnet_model_answers_as_the_trained_one(tmp_path) -> Non
     chips = np.random.default_rng(3).integers(0, 256, size=(2, *shape)).astype("float32")
     (answer,) = served(tf.constant(chips)).values()
     np.testing.assert_allclose(answer.numpy(), model(chips, training=False).numpy(), atol=1e-5)
+
+
+def test_an_epoch_that_ends_in_nan_fails_the_job_for_good_naming_the_learning_rate() -> None:
+    from kubetrain.trainer.api.spec import SpecError
+    from kubetrain.trainer.train import StopOnDivergence
+
+    stop = StopOnDivergence(learning_rate=10.0)
+    stop.on_epoch_end(0, {"loss": 0.3, "val_accuracy": 0.9})  # finite: goes on
+    with pytest.raises(SpecError, match=r"epoch 2: loss, val_loss not finite.*learningRate"):
+        stop.on_epoch_end(1, {"loss": float("nan"), "val_loss": float("inf"), "accuracy": 0.1})
