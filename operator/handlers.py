@@ -224,11 +224,12 @@ def reconcile_job(
         return
 
     restarts = int(status.get("restarts") or 0)
-    pods = list(worker_pods.get((namespace, name), []))
+    uid = raw["metadata"]["uid"]
+    pods = reconcile.owned_pods(list(worker_pods.get((namespace, name), [])), uid)
     if status.get("launchedAttempt") == restarts and not reconcile.is_finished(job.spec, status):
         seen = {p["index"] for p in pods if p["attempt"] == restarts}
         if len(seen) < job.spec.workers.replicas:
-            pods = _list_pods(namespace, name)
+            pods = reconcile.owned_pods(_list_pods(namespace, name), uid)
     problem = None
     if status.get("phase") in (None, Phase.PENDING) and status.get("launchedAttempt") is None:
         problem = _problem(job, namespace)

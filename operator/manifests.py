@@ -215,8 +215,13 @@ def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
                 exit_code = terminated.get("exitCode")
                 message = terminated.get("message")
                 reason = terminated.get("reason")
+    owner = next(
+        (ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")),
+        None,
+    )
     return {
         "name": meta.get("name"),
+        "owner": owner,
         "index": int(labels.get(LABEL_INDEX, -1)),
         "attempt": int(labels.get(LABEL_ATTEMPT, 0)),
         "phase": status.get("phase", "Pending"),

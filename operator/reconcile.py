@@ -372,6 +372,15 @@ def _launch(job: _Job) -> Plan:
     return job.done()
 
 
+def owned_pods(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """The worker pods this job created, by its UID: labels alone are not enough.
+
+    A pod with the job's labels but another owner (left by an earlier job of the same name,
+    or made by anyone who can create pods) must not decide this job's fate or result.
+    """
+    return [p for p in pods if p.get("owner") == uid]
+
+
 def plan(
     spec: TrainingJobSpec,
     name: str,

@@ -109,6 +109,12 @@ def test_another_worker_entrypoint_keeps_the_arguments():
     assert pod["spec"]["containers"][0]["command"][:3] == ["python3", "/app/fake.py", "--workdir"]
 
 
+def test_summarize_pod_names_the_job_that_owns_the_pod():
+    b = body()
+    created = worker_pod(b, job(b), 0, 0, WorkerOptions())
+    assert summarize_pod(created)["owner"] == b["metadata"]["uid"]
+
+
 def test_summarize_pod_reads_the_workers_exit_and_message():
     raw = {
         "metadata": {
@@ -133,6 +139,7 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
     }
     assert summarize_pod(raw) == {
         "name": "mnist-worker-1",
+        "owner": None,
         "index": 1,
         "attempt": 2,
         "phase": "Failed",

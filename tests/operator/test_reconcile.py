@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetrain.operator.reconcile import Plan, Problem, plan, reject
+from kubetrain.operator.reconcile import Plan, Problem, owned_pods, plan, reject
 from kubetrain.operator.status import get_condition, now_iso
 from trainingjobs import body, job, pod
 
@@ -247,3 +247,16 @@ def test_an_unparsable_spec_fails_the_job_as_invalid_once():
     assert get_condition(p.status["conditions"], "Valid")["status"] == "False"
     assert [e[1] for e in p.events] == ["InvalidSpec"]
     assert reject({**p.status}, "InvalidSpec", "spec.workers: bad", T0).events == []
+
+
+def test_pods_of_another_job_with_the_same_name_count_for_nothing():
+    # Left by a deleted job of the same name, or forged: Succeeded, with a result message.
+    leftovers = [
+        pod(i, "Succeeded", exit_code=0, message='{"status": "Succeeded"}', owner="uid-old")
+        for i in (0, 1)
+    ]
+    pods = owned_pods([*leftovers, pod(0, attempt=0)], "uid-1234")
+    assert [p["owner"] for p in pods] == ["uid-1234"]
+    p, status = run(started(), owned_pods(leftovers, "uid-1234"))
+    assert status["phase"] == "Pending"
+    assert not p.promote

@@ -47,9 +47,11 @@ def pod(
     reason: str | None = None,
     deleting: str | None = None,
     job_name: str = "mnist",
+    owner: str = "uid-1234",
 ) -> dict[str, Any]:
     return {
         "name": f"{job_name}-worker-{index}",
+        "owner": owner,
         "index": index,
         "attempt": attempt,
         "phase": phase,
