@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From nothing to a served prediction on the local cluster, in one command (`make demo`):
-# the cluster, the images, the chart, examples/mnist.yaml trained and promoted, and a
+# the images, the cluster, the chart, examples/mnist.yaml trained and promoted, and a
 # prediction of examples/digit-7.json through the serving Service. Safe to run again: what
 # exists is reused, and a job that was already promoted is only asked for its prediction.
 set -euo pipefail
@@ -13,10 +13,12 @@ TIMEOUT="${TIMEOUT:-1800}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "cluster"
-eval "$(make --no-print-directory cluster | tail -n 1)"   # export KUBECONFIG=...
+# The images before the cluster, so that it starts with the fresh ones (a running cluster
+# gets them from `make images` itself).
 step "images"
 make --no-print-directory images
+step "cluster"
+eval "$(make --no-print-directory cluster | tail -n 1)"   # export KUBECONFIG=...
 step "tools (helm, kubectl)"
 eval "$(hack/tools/install.sh | grep '^KUBETRAIN_TOOLS_BIN=')"
 export PATH="${KUBETRAIN_TOOLS_BIN}:${PATH}"

@@ -9,34 +9,24 @@ gobuild() { nice -n 10 go build -p 2 -trimpath "$@"; }
 
 src="${KT_CLUSTER_SRC}"
 
-k8s="${KT_CACHE}/bin/kubernetes-${KUBE_VERSION}-$(kt_hash "${src}/go.mod" "${src}/go.sum" "${src}"/cmd/kubetrain-k8s/*.go)"
-if [[ ! -x "${k8s}/kubetrain-k8s" ]]; then
-  log "building Kubernetes ${KUBE_VERSION} (cold: 10 to 20 min on 2 cores)"
-  mkdir -p "${k8s}"
+# One module, so that the three programs share one compiled copy of client-go and the
+# rest of their common dependencies. local-path-provisioner is a second `go build`:
+# it imports github.com/Sirupsen/logrus, which may not share a build with the
+# lower-case github.com/sirupsen/logrus that the kubelet imports.
+out="${KT_CACHE}/bin/cluster-${KUBE_VERSION}-$(kt_hash "${src}/go.mod" "${src}/go.sum" "${src}"/cmd/*/*.go)"
+if [[ ! -x "${out}/local-path-provisioner" ]]; then
+  log "building Kubernetes ${KUBE_VERSION}, CoreDNS and local-path-provisioner (cold: 15 to 30 min on 2 cores)"
+  mkdir -p "${out}.tmp"
   minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
   ldflags="-s -w"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     ldflags+=" -X ${pkg}.gitVersion=${KUBE_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
     ldflags+=" -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "${src}" && gobuild -ldflags "${ldflags}" -o "${k8s}/kubetrain-k8s.tmp" ./cmd/kubetrain-k8s)
-  mv "${k8s}/kubetrain-k8s.tmp" "${k8s}/kubetrain-k8s"
-fi
-
-dns="${KT_CACHE}/bin/coredns-$(kt_hash "${src}"/coredns/*)"
-if [[ ! -x "${dns}/coredns" ]]; then
-  log "building CoreDNS"
-  mkdir -p "${dns}"
-  (cd "${src}/coredns" && gobuild -ldflags "-s -w" -o "${dns}/coredns.tmp" .)
-  mv "${dns}/coredns.tmp" "${dns}/coredns"
-fi
-
-lpp="${KT_CACHE}/bin/local-path-provisioner-$(kt_hash "${src}"/localpath/*)"
-if [[ ! -x "${lpp}/local-path-provisioner" ]]; then
-  log "building local-path-provisioner"
-  mkdir -p "${lpp}"
-  (cd "${src}/localpath" && gobuild -ldflags "-s -w" -o "${lpp}/local-path-provisioner.tmp" github.com/rancher/local-path-provisioner)
-  mv "${lpp}/local-path-provisioner.tmp" "${lpp}/local-path-provisioner"
+  (cd "${src}" && gobuild -ldflags "${ldflags}" -o "${out}.tmp/" ./cmd/kubetrain-k8s ./cmd/coredns)
+  (cd "${src}" && gobuild -ldflags "-s -w" -o "${out}.tmp/" github.com/rancher/local-path-provisioner)
+  rm -rf "${out}"
+  mv "${out}.tmp" "${out}"
 fi
 
 pause_src="${KT_ROOT}/hack/images/pause/pause.c"
@@ -49,8 +39,8 @@ fi
 
 mkdir -p "${KT_BIN}"
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubetrain-k8s; do
-  ln -sfn "${k8s}/kubetrain-k8s" "${KT_BIN}/${c}"
+  ln -sfn "${out}/kubetrain-k8s" "${KT_BIN}/${c}"
 done
-ln -sfn "${dns}/coredns" "${KT_BIN}/coredns"
-ln -sfn "${lpp}/local-path-provisioner" "${KT_BIN}/local-path-provisioner"
+ln -sfn "${out}/coredns" "${KT_BIN}/coredns"
+ln -sfn "${out}/local-path-provisioner" "${KT_BIN}/local-path-provisioner"
 ln -sfn "${pause}/pause" "${KT_BIN}/pause"

@@ -31,9 +31,15 @@ STANDINS = {
     "debootstrap": 'rootfs="${@: -2:1}"\n'
     'mkdir -p "${rootfs}/etc" "${rootfs}/var/cache/apt/archives"\n'
     'echo "ID=debian" >"${rootfs}/etc/os-release"\n',
-    # go build -o OUT and cc -o OUT leave an executable at OUT.
-    "go": 'while (( $# )); do [[ $1 == -o ]] && { printf "#!/bin/sh\\n" >"$2"; chmod +x "$2"; }; '
-    "shift; done\n",
+    # `go build -o DIR/ PKG...` leaves an executable per package in DIR, `go build -o OUT`
+    # and `cc -o OUT` one at OUT.
+    "go": "while (( $# )); do\n"
+    "  if [[ $1 == -o ]]; then out=$2; shift 2\n"
+    '    if [[ $out == */ ]]; then for p in "$@"; do targets+=("$out$(basename "$p")"); done\n'
+    '    else targets=("$out"); fi\n'
+    '    for t in "${targets[@]}"; do printf "#!/bin/sh\\n" >"$t"; chmod +x "$t"; done; exit 0\n'
+    "  fi; shift\n"
+    "done\n",
 }
 STANDINS["cc"] = STANDINS["go"]
 FAILING_DEBOOTSTRAP = 'echo "E: Failed getting release file" >&2\nexit 1\n'
@@ -100,7 +106,8 @@ def test_cluster_binaries_build_into_an_empty_cache(cold: dict[str, str]) -> Non
 
     assert proc.returncode == 0, proc.stderr
     current = cache_root(cold) / "bin" / "current"
-    for component in ("kube-apiserver", "kubelet", "etcd", "coredns", "pause", "kubectl"):
+    components = ("kube-apiserver", "kubelet", "etcd", "coredns", "local-path-provisioner")
+    for component in (*components, "pause", "kubectl"):
         assert os.access(current / component, os.X_OK), component
 
 
