@@ -16,11 +16,19 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import JobFailed, run_local
 
     try:
-        job = load_job(args.file, args.set)
+        job = load_job(args.file, args.set, args.set_string)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir or Path("runs") / job.metadata.name)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(
+            f"error: --workdir {workdir}: cannot be made a directory ({err.strerror})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result = run_local(job, workdir)
     except JobFailed as err:
@@ -109,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH=VALUE",
         help="override a field, e.g. --set spec.training.epochs=1",
+    )
+    run.add_argument(
+        "--set-string",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field with VALUE as a string: --set-string spec.model.name=no",
     )
     run.add_argument("--serve", action="store_true", help="serve the exported model afterwards")
     run.set_defaults(func=_run)

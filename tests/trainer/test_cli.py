@@ -88,6 +88,31 @@ def test_a_spec_with_an_unknown_field_is_refused(tmp_path: Path, job_document: d
     assert "spec.trainnig: Extra inputs are not permitted" in done.stderr
 
 
+def test_a_job_file_that_is_a_directory_or_a_workdir_that_is_a_file_is_an_error_not_a_trace(
+    tmp_path: Path, job_document: dict
+) -> None:
+    done = kubetrain("run", str(tmp_path))
+    assert done.returncode == 2
+    assert "is a directory" in done.stderr and "Traceback" not in done.stderr
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job_document))
+    (tmp_path / "taken").write_text("a file")
+    done = kubetrain("run", str(path), "--workdir", str(tmp_path / "taken" / "run"))
+    assert done.returncode == 2
+    assert "cannot be made a directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_set_string_keeps_a_value_yaml_would_read_as_a_boolean(job_document: dict) -> None:
+    from kubetrain.trainer.api.spec import SpecError, apply_override, parse_job
+
+    apply_override(job_document, "spec.model.name=no")
+    with pytest.raises(SpecError, match=r"spec\.model\.name"):
+        parse_job(job_document)
+    apply_override(job_document, "spec.model.name=no", string=True)
+    assert parse_job(job_document).spec.model_name == "no"
+
+
 @pytest.mark.slow
 def test_a_lone_worker_without_tf_config_trains(job_document: dict, tmp_path: Path) -> None:
     job_document["spec"]["training"]["epochs"] = 1

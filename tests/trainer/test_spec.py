@@ -107,6 +107,15 @@ def test_a_missing_file_says_so(tmp_path: Path) -> None:
         load_job(tmp_path / "absent.yaml")
 
 
+def test_a_directory_or_a_binary_file_as_the_job_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="is a directory"):
+        load_job(tmp_path)
+    binary = tmp_path / "model.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(SpecError, match="not a text file"):
+        load_job(binary)
+
+
 def test_spec_round_trips_through_its_wire_form(job_document: dict) -> None:
     spec = parse_job(job_document).spec
     wire = spec.model_dump(by_alias=True)

@@ -296,8 +296,11 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(document: dict[str, Any], assignment: str) -> None:
-    """Apply one `PATH=VALUE` override (dotted camelCase path) to a raw document in place."""
+def apply_override(document: dict[str, Any], assignment: str, string: bool = False) -> None:
+    """Apply one `PATH=VALUE` override (dotted camelCase path) to a raw document in place.
+
+    With `string`, VALUE is taken as it is (`--set-string`, as helm has): `007` stays `"007"`.
+    """
     path, sep, raw = assignment.partition("=")
     if not sep or not path:
         raise SpecError(f"--set {assignment!r}: expected PATH=VALUE, e.g. spec.training.epochs=1")
@@ -311,22 +314,34 @@ def apply_override(document: dict[str, Any], assignment: str) -> None:
             where = ".".join(keys[: i + 1])
             raise SpecError(f"--set {path}: {where} is not an object")
         node = child
-    node[keys[-1]] = parse_value(raw)
+    node[keys[-1]] = raw if string else parse_value(raw)
 
 
-def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainingJob:
-    """Read a TrainingJob YAML file, apply `--set` overrides, and validate it."""
+def load_job(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    string_overrides: list[str] | tuple[str, ...] = (),
+) -> TrainingJob:
+    """Read a TrainingJob YAML file, apply `--set` then `--set-string` overrides, validate it."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory; give the TrainingJob's YAML file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; give the TrainingJob's YAML file") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(document, dict):
         raise SpecError(f"{path}: expected a TrainingJob object, got {type(document).__name__}")
     for assignment in overrides:
         apply_override(document, assignment)
+    for assignment in string_overrides:
+        apply_override(document, assignment, string=True)
     try:
         return parse_job(document)
     except SpecError as err:
