@@ -145,9 +145,10 @@ def _create_workers(
             pod = worker_pod(body, job, index, attempt, WorkerOptions(SETTINGS.worker_command))
             k.create(pods_path(namespace), pod)
     except ApiError as err:
-        if err.status in (400, 422):  # the API server refuses the pod: no retry can help
-            return reconcile.Problem(Reason.POD_REJECTED, err.message, permanent=True)
-        raise kopf.TemporaryError(f"creating worker pods: {err}", delay=5) from err
+        problem = reconcile.creation_problem(err.status, err.message)
+        if problem is None:
+            raise kopf.TemporaryError(f"creating worker pods: {err}", delay=5) from err
+        return problem
     return None
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetrain.operator.manifests import pod_name
-from kubetrain.operator.status import now_iso, parse_time, set_condition
+from kubetrain.operator.status import get_condition, now_iso, parse_time, set_condition
 from kubetrain.trainer.api.records import EXIT_PERMANENT
 from kubetrain.trainer.api.spec import TrainingJobSpec
 from kubetrain.trainer.api.status import ConditionType, Phase, Reason
@@ -234,13 +234,31 @@ def _initialize(job: _Job) -> None:
         job.b.new["epochProgress"] = f"0/{epochs}"
 
 
+def creation_problem(status: int, message: str) -> Problem | None:
+    """What an API error on creating worker pods means; None: a passing fault, retry soon."""
+    if status in (400, 422):  # the API server refuses the pod: no retry can help
+        return Problem(Reason.POD_REJECTED, message, permanent=True)
+    if status == 403:  # a quota, Pod Security admission or a webhook: may clear, must be seen
+        return Problem(
+            Reason.POD_FORBIDDEN,
+            f"creating worker pods is forbidden: {message}; the job retries until "
+            "spec.runPolicy.activeDeadlineSeconds",
+            permanent=False,
+        )
+    return None
+
+
 def _problem(job: _Job, problem: Problem | None) -> Plan | None:
-    """Something the schema could not catch: fail at once, or wait (reporting it once)."""
+    """Something the schema could not catch: fail at once, or wait (reporting it once).
+
+    The job has started either way, so that `activeDeadlineSeconds` also bounds the wait.
+    """
     b = job.b
+    b.new.setdefault("startTime", b.stamp)
     if problem is None:
+        valid = get_condition(job.status.get("conditions") or [], ConditionType.VALID)
         b.condition(ConditionType.VALID, True, Reason.VALID, "")
-        if not b.new.get("startTime"):
-            b.new["startTime"] = b.stamp
+        if valid is None or valid.get("status") != "True":
             b.event("Normal", Reason.STARTED, f"Starting {job.replicas} worker pod(s)")
         return None
     b.condition(ConditionType.VALID, False, problem.reason, problem.message)
@@ -392,8 +410,8 @@ def plan(
 ) -> Plan:
     """What to do next for job `name`, given its status and its worker pods' summaries.
 
-    The steps run in order and the first that decides ends the tick: a finished job, a
-    problem, the deadline, a restart under way, a permanent error, the chief's success, a
+    The steps run in order and the first that decides ends the tick: a finished job, the
+    deadline, a problem, a restart under way, a permanent error, the chief's success, a
     failed worker; otherwise the missing workers are launched.
     """
     b = _Builder(status, now)
@@ -417,8 +435,8 @@ def plan(
         return decided
     _initialize(job)
     for step in (
-        lambda j: _problem(j, problem),
         _deadline,
+        lambda j: _problem(j, problem),
         _restarting,
         _permanent_error,
         _succeeded,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetrain.operator.reconcile import Plan, Problem, owned_pods, plan, reject
+from kubetrain.operator.reconcile import (
+    Plan,
+    Problem,
+    creation_problem,
+    owned_pods,
+    plan,
+    reject,
+)
 from kubetrain.operator.status import get_condition, now_iso
 from trainingjobs import body, job, pod
 
@@ -226,6 +233,27 @@ def test_a_missing_claim_keeps_the_job_pending_without_pods():
     p, status = run(status, [], T0 + timedelta(seconds=4))
     assert p.create == [0, 1]
     assert get_condition(status["conditions"], "Valid")["status"] == "True"
+
+
+def test_forbidden_worker_pods_are_reported_and_the_deadline_still_runs():
+    # A quota, Pod Security admission or a webhook answers 403 to the pod's creation.
+    spec = {"runPolicy": {"activeDeadlineSeconds": 60}}
+    problem = creation_problem(403, 'pods "mnist-worker-0" is forbidden: exceeded quota')
+    assert problem is not None and not problem.permanent
+    p, status = run(started(**spec), [], problem=problem, **spec)
+    valid = get_condition(status["conditions"], "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "PodForbidden")
+    assert "exceeded quota" in valid["message"]
+    assert p.events == [("Warning", "PodForbidden", problem.message)]
+    p, status = run(status, [], T0 + timedelta(seconds=60), problem=problem, **spec)
+    assert status["phase"] == "Failed"
+    assert get_condition(status["conditions"], "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_api_errors_on_creating_pods_are_sorted_by_what_can_help():
+    assert creation_problem(422, "Invalid").permanent
+    assert creation_problem(403, "forbidden").reason == "PodForbidden"
+    assert creation_problem(500, "etcd timeout") is None  # passing: retried soon
 
 
 def test_a_pod_the_api_server_refuses_fails_the_job_as_invalid():

@@ -40,6 +40,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     CLAIM_NOT_FOUND = "ClaimNotFound"
     POD_REJECTED = "PodRejected"
+    POD_FORBIDDEN = "PodForbidden"
     # Running and Failed
     STARTED = "Started"
     WORKERS_PENDING = "WorkersPending"
