@@ -19,7 +19,9 @@ stop() {
   local name=$1 pidfile="${KT_RUN}/$1.pid" pid
   [[ -f ${pidfile} ]] || return 0
   pid="$(<"${pidfile}")"
-  if [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" == *"${name}"* ]]; then
+  # A PID from an earlier boot may be gone or reused: the braces keep the shell's own
+  # "No such file" for the redirection quiet too.
+  if [[ "$({ tr '\0' ' ' <"/proc/${pid}/cmdline"; } 2>/dev/null)" == *"${name}"* ]]; then
     say "stopping ${name} (${pid})"
     kill -TERM "${pid}" 2>/dev/null || true
     # State is thrown away at the next start: a short grace is enough.
