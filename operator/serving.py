@@ -110,11 +110,19 @@ def deployment(
                             "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
                             "ports": [{"name": "http", "containerPort": SERVER_PORT}],
                             "readinessProbe": probe,
+                            # Loading TensorFlow and the model can take a minute on a busy
+                            # node: liveness starts once the server is up, not on a timer.
+                            "startupProbe": {
+                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+                                "periodSeconds": 2,
+                                "timeoutSeconds": 2,
+                                "failureThreshold": 150,
+                            },
                             "livenessProbe": {
                                 "httpGet": {"path": "/healthz", "port": SERVER_PORT},
                                 "periodSeconds": 10,
+                                "timeoutSeconds": 2,
                                 "failureThreshold": 3,
-                                "initialDelaySeconds": 10,
                             },
                             "lifecycle": {
                                 "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}

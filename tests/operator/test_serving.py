@@ -37,3 +37,13 @@ def test_the_version_patch_changes_the_pod_template_only_in_the_version():
     assert served_version(patched) == 4
     v3_env = v3["spec"]["template"]["spec"]["containers"][0]["env"]
     assert v3_env == [{"name": "MODEL_VERSION", "value": "3"}]
+
+
+def test_a_slow_starting_server_is_not_killed_by_its_liveness_probe():
+    # Loading TensorFlow and the model took over a minute on a busy 2-core node, while the
+    # liveness probe (10 s delay, 3 x 10 s) restarted the server before it was up.
+    container = serving_deployment(1)["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == container["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert "initialDelaySeconds" not in container["livenessProbe"]
