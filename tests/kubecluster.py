@@ -58,11 +58,15 @@ def _run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedPr
     )
 
 
-def _run_shown(config: pytest.Config, script: Path, timeout: float) -> subprocess.CompletedProcess:
-    """Runs a hack/ script with its progress on the terminal (a cold build takes a while)."""
+def _shown(config: pytest.Config) -> contextlib.AbstractContextManager:
+    """Lets a hack/ script's progress reach the terminal (a cold build takes a while)."""
     capture = config.pluginmanager.getplugin("capturemanager")
-    shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-    with shown:
+    return capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+
+
+def _run_shown(config: pytest.Config, script: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Runs a hack/ script with its progress on the terminal."""
+    with _shown(config):
         return subprocess.run(
             [str(script)], stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
         )
@@ -86,10 +90,8 @@ def build_side_by_side(config: pytest.Config, *scripts: Path) -> None:
     The cluster's Go build keeps both cores busy, but debootstrap and the image builds wait
     mostly on the network and the disk: side by side a cold start ends much sooner.
     """
-    capture = config.pluginmanager.getplugin("capturemanager")
-    shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     deadline = time.monotonic() + START_TIMEOUT
-    with shown:
+    with _shown(config):
         procs = {script: subprocess.Popen([str(script)]) for script in scripts}
         try:
             codes = {s: p.wait(max(deadline - time.monotonic(), 1)) for s, p in procs.items()}
