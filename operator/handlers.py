@@ -152,12 +152,21 @@ def _create_workers(
     return None
 
 
+def chief_log_query() -> dict[str, Any]:
+    """A bounded tail of the chief's log: the last lines, and never more than a set size."""
+    return {
+        "container": WORKER_CONTAINER,
+        "tailLines": SETTINGS.log_tail_lines,
+        "limitBytes": SETTINGS.log_limit_bytes,
+    }
+
+
 def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) -> dict[str, Any]:
     try:
         text = kube().request(
             "GET",
             pods_path(namespace, pod_name(name, 0)) + "/log",
-            query={"container": WORKER_CONTAINER, "tailLines": SETTINGS.log_tail_lines},
+            query=chief_log_query(),
             raw=True,
         )
     except ApiError:
@@ -256,7 +265,12 @@ def reconcile_job(
     for pod, grace in plan.delete:
         kube().delete(pods_path(namespace, pod), grace_seconds=grace)
     if plan.promote:
-        update, events = _promote(raw, job, {**status, **plan.status}, now)
+        merged = {**status, **plan.status}
+        try:
+            update, events = _promote(raw, job, merged, now)
+        except ApiError as err:  # a 409 among them: another promotion changed the Deployment
+            refused = promotion.api_refused(job.spec, merged, err.status, err.message, now)
+            update, events = refused.status, refused.events
         plan.status.update(update)
         plan.events.extend(events)
     if plan.delete_job:

@@ -84,7 +84,8 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
         data = resp.read()
-        text = data.decode() if isinstance(data, bytes) else (data or "")
+        # A byte-limited log can end inside a character.
+        text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
         if resp.status >= 400:
             try:
                 detail = json.loads(text)

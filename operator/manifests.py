@@ -33,11 +33,20 @@ WORKER_CONTAINER = "worker"
 DATA_MOUNT = "/data"
 # TensorFlow catches SIGTERM and trains on, so a short grace period is all SIGTERM buys.
 WORKER_GRACE_SECONDS = 5
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
-"""The securityContext of every container the operator creates (workers, model server)."""
+"""With POD_SECURITY_CONTEXT, what every pod the operator creates (workers, model server)
+needs to be admitted where Pod Security `restricted` is enforced."""
+SCRATCH_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
+SCRATCH_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+"""The one writable place besides the storage: the root filesystem is read-only."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,8 @@ def worker_pod(
         storage = {"persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
     else:  # a quick trial: checkpoints do not outlive the pods
         storage = {"emptyDir": {}}
-    volumes = [{"name": "storage", **storage}]
-    mounts = [{"name": "storage", "mountPath": spec.storage.mount_path}]
+    volumes = [{"name": "storage", **storage}, copy.deepcopy(SCRATCH_VOLUME)]
+    mounts = [{"name": "storage", "mountPath": spec.storage.mount_path}, dict(SCRATCH_MOUNT)]
     if spec.storage.data_claim_name:
         volumes.append(
             {
@@ -175,6 +184,7 @@ def worker_pod(
         "restartPolicy": "Never",  # the operator restarts all workers together
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "terminationGracePeriodSeconds": WORKER_GRACE_SECONDS,
         "containers": [container],
         "volumes": volumes,

@@ -43,7 +43,14 @@ def gate(
     served_raw = annotations.get(ANN_VALUE)
     if served_raw is None:
         return Gate(True, Reason.NOTHING_SERVED, "no model with a recorded metric is being served")
-    served = float(served_raw)
+    try:
+        served = float(served_raw)
+    except ValueError:
+        return Gate(
+            False,
+            Reason.NOT_COMPARABLE,
+            f"the served model's {ANN_VALUE} annotation {served_raw!r} is not a number",
+        )
     if served_metric != metric:
         return Gate(
             False,
@@ -141,6 +148,30 @@ def _decided(
     )
 
 
+TRANSIENT_API_ERRORS = frozenset({409, 429, 500, 502, 503, 504})
+"""A changed object, throttling or a server fault: the next tick reads and decides again."""
+
+
+def api_refused(
+    spec: TrainingJobSpec, status: dict[str, Any], code: int, detail: str, now: datetime
+) -> PromotionPlan:
+    """What promotion does when the API server refuses one of its requests.
+
+    Either way the tick's other status fields (Succeeded, the result) are still written: the
+    worker pods may already be gone, and losing them would train the job again.
+    """
+    name = spec.serving_deployment
+    if code in TRANSIENT_API_ERRORS:
+        message = f"promoting to {name}: the API server answered {code} ({detail}); retrying"
+        return PromotionPlan(events=[("Warning", Reason.PROMOTION_RETRYING, message)])
+    message = f"the API server refused promoting to {name} ({code}): {detail}"
+    reason = Reason.PROMOTION_REFUSED
+    step = _decided(status, False, reason, message, now, ("Warning", reason))
+    if status.get("phase") == Phase.PROMOTING:
+        step.status["phase"] = Phase.SUCCEEDED
+    return step
+
+
 def plan(
     spec: TrainingJobSpec,
     namespace: str,
@@ -167,6 +198,9 @@ def plan(
         message = f"Deployment {name} exists and is not managed by kubetrain; not touching it"
         reason = Reason.DEPLOYMENT_NOT_MANAGED
         return _decided(status, False, reason, message, now, ("Warning", reason))
+    if deployment is not None and (mismatch := serving.other_model(spec, deployment)):
+        reason = Reason.SERVES_ANOTHER_MODEL
+        return _decided(status, False, reason, mismatch, now, ("Warning", reason))
     annotations = (deployment or {}).get("metadata", {}).get("annotations") or {}
     best = status.get("bestCheckpoint") or {}
     metric = best.get("metric") or spec.training.metric
@@ -194,6 +228,9 @@ def plan(
             ]
         else:
             step.patch = serving.version_patch(version, new)
+            # Applied only to the Deployment the gate read: a promotion that raced this
+            # one gets a 409 and the next tick gates against what it served.
+            step.patch["metadata"]["resourceVersion"] = deployment["metadata"]["resourceVersion"]
     message = f"rolling {name} out to {model['name']} version {version}" + (
         f" (serving version {previous})" if previous is not None else ""
     )

@@ -10,7 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubetrain.operator.manifests import CONTAINER_SECURITY_CONTEXT, MANAGED_BY
+from kubetrain.operator.manifests import (
+    CONTAINER_SECURITY_CONTEXT,
+    MANAGED_BY,
+    POD_SECURITY_CONTEXT,
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
+)
 from kubetrain.trainer.api.entrypoints import (
     MODEL_VERSION_ENV,
     SERVE_COMMAND,
@@ -96,6 +102,7 @@ def deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
                     "containers": [
                         {
                             "name": SERVER_CONTAINER,
@@ -133,7 +140,8 @@ def deployment(
                                     "name": "storage",
                                     "mountPath": spec.storage.mount_path,
                                     "readOnly": True,
-                                }
+                                },
+                                dict(SCRATCH_MOUNT),
                             ],
                         }
                     ],
@@ -144,7 +152,8 @@ def deployment(
                                 "claimName": spec.storage.claim_name,
                                 "readOnly": True,
                             },
-                        }
+                        },
+                        copy.deepcopy(SCRATCH_VOLUME),
                     ],
                 },
             },
@@ -214,3 +223,37 @@ def served_version(dep: dict[str, Any]) -> int | None:
                 if env["name"] == MODEL_VERSION_ENV and str(env.get("value", "")).isdigit():
                     return int(env["value"])
     return None
+
+
+def _server(dep: dict[str, Any]) -> dict[str, Any]:
+    containers = dep["spec"]["template"]["spec"].get("containers") or []
+    return next((c for c in containers if c.get("name") == SERVER_CONTAINER), {})
+
+
+def model_source(dep: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(claim, model directory) the Deployment's server loads its versions from."""
+    command = _server(dep).get("command") or []
+    directory = command[command.index("--model-dir") + 1] if "--model-dir" in command else None
+    claims = [
+        v["persistentVolumeClaim"].get("claimName")
+        for v in dep["spec"]["template"]["spec"].get("volumes") or []
+        if v.get("name") == "storage" and "persistentVolumeClaim" in v
+    ]
+    return (claims[0] if claims else None), directory
+
+
+def other_model(spec: TrainingJobSpec, dep: dict[str, Any]) -> str | None:
+    """Why the Deployment cannot serve this job's model, if it serves another one.
+
+    Promotion changes only the version, so a Deployment reading another claim or model
+    directory would go on serving that model under this job's version number.
+    """
+    claim, directory = model_source(dep)
+    wanted = (spec.storage.claim_name, model_dir(spec.storage.mount_path, spec.model_name))
+    if (claim, directory) == wanted:
+        return None
+    return (
+        f"Deployment {spec.serving_deployment} serves {directory} from claim {claim}, "
+        f"not this job's {wanted[1]} from claim {wanted[0]}; set spec.promotion.deployment "
+        "to a Deployment of its own"
+    )

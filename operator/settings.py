@@ -28,6 +28,9 @@ class Settings:
     """Seconds between two reconciles of one job (progress and rollout polling too)."""
     threads: int = field(default_factory=lambda: int(os.environ.get("KUBETRAIN_THREADS", "16")))
     log_tail_lines: int = 200
+    log_limit_bytes: int = 256 * 1024
+    """The most of the chief's log one reconcile reads: a chief printing huge lines must not
+    push the operator, shared by every job, out of memory. Progress is read from what fits."""
     worker_command: list[str] = field(
         default_factory=lambda: _command("KUBETRAIN_WORKER_COMMAND", list(WORKER_COMMAND))
     )

@@ -32,7 +32,7 @@ class ResourceSampler:
     """Samples the namespace's pods in the background between start() and stop()."""
 
     def __init__(
-        self, kubectl: Kubectl, namespace: str, roles: dict[str, str], interval: float = 3
+        self, kubectl: Kubectl, namespace: str, roles: dict[str, str], interval: float = 10
     ) -> None:
         self.kubectl = kubectl
         self.namespace = namespace

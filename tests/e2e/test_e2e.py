@@ -4,18 +4,19 @@
     2 apply examples/mnist.yaml -> progress, Succeeded, Promoted -> the served model reads a 7
     3 a better job rolls serving to version 2 under load with no failed request; a worse one
       is not promoted (NotBetter)
-    4 a worker killed mid-training: all workers restart and resume from the last checkpoint
-    5 the operator killed mid-training: its successor finishes the job, no duplicate workers
-    6 a model whose server never becomes ready is rolled back; serving stays up
-    7 uninstall leaves nothing behind
+    4 a worker killed mid-training: all workers restart and resume from the last checkpoint;
+      then the operator killed: its successor finishes the job, no duplicate workers
+    5 a model whose server never becomes ready is rolled back; serving stays up
+    6 uninstall leaves nothing behind
 
 Real pods run the real images (`make images`: localhost/kubetrain-{operator,trainer}:dev).
 The release watches only its own namespace, so operators of other tests sharing the
-cluster never see its jobs. Jobs train on part of MNIST for a few epochs so the module fits
-in about ten minutes on two cores; the subsets grow from job to job (2: 6,000 images,
-3: 24,000, 6: all), so each promoted model is reliably better than the one it replaces.
-Wall times of each step, the rollout's request counts and the peak CPU and memory of each
-kind of pod (`pod_usage.py`) go to runs/e2e/report.json.
+cluster never see its jobs. On a slow two-core machine most of a job's time is fixed cost
+(starting TensorFlow in each pod, evaluating and exporting), so the module runs as few jobs
+as its story needs, on parts of MNIST for a few epochs; the subsets grow from job to job
+(2: 6,000 images, 3: 12,000, 5: 24,000), so each promoted model is better than the one it
+replaces. Wall times of each step, the rollout's request counts and the peak CPU and memory
+of each kind of pod (`pod_usage.py`) go to runs/e2e/report.json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pytest
 import yaml
 from charttools import CHART, REPO, Tools
 from kubecluster import Kubectl
+from kubetrain.operator.manifests import POD_SECURITY_CONTEXT
 from pod_usage import ResourceSampler
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -40,11 +42,15 @@ TRAINER_IMAGE = "localhost/kubetrain-trainer:dev"
 REPORT = REPO / "runs" / "e2e" / "report.json"
 # Two epochs: short, and long enough that progress shows while the job runs.
 EPOCHS = 2
+# Training images of each promoted job: each is better than the model it replaces (validation
+# accuracy as measured with these settings: 0.905, 0.931; the sabotaged job's is higher still).
+FIRST_LIMIT, BETTER_LIMIT, BROKEN_LIMIT = 6000, 12000, 24000
 TRAIN_TIMEOUT = 900  # 2 workers sharing 2 busy cores
 SERVING = "mnist-serving"
 MODELS_CLAIM = "kubetrain-models"
 MOUNT_PATH = "/var/lib/kubetrain"  # the spec's default storage.mountPath
 PART_OF = {"app.kubernetes.io/part-of": "kubetrain-e2e"}
+POD_SECURITY = "pod-security.kubernetes.io/enforce"
 # The rollout's load: at least 20 predictions a second, bounded in count and time.
 LOAD_RATE = 25
 LOAD_THREADS = 6
@@ -74,6 +80,8 @@ def release(kubeconfig: str, tools: Tools) -> Iterator[Release]:
     namespace = f"kt-e2e-{suffix}"
     kubectl = Kubectl(kubeconfig)
     kubectl("create", "namespace", namespace)
+    # The API server refuses any pod of the story that is not within the restricted standard.
+    kubectl("label", "namespace", namespace, f"{POD_SECURITY}=restricted")
     rel = Release(
         f"kubetrain-{suffix}", namespace, Kubectl(kubeconfig, namespace), tools, kubeconfig
     )
@@ -110,8 +118,8 @@ def mnist_job(
     """examples/mnist.yaml, shortened, renamed and adjusted."""
     job = copy.deepcopy(yaml.safe_load((REPO / "examples" / "mnist.yaml").read_text()))
     job["metadata"]["name"] = name
-    # Small subsets learn in more, smaller steps than the example's full-data batches.
-    job["spec"]["training"].update(epochs=epochs, batchSize=128, learningRate=0.001)
+    # Small subsets learn in smaller steps than the example's full-data batches.
+    job["spec"]["training"].update(epochs=epochs, batchSize=256, learningRate=0.003)
     if limit is not None:
         job["spec"]["dataset"]["limit"] = limit
     job["spec"]["promotion"].update(promotion or {})
@@ -178,6 +186,7 @@ def client_pod(name: str, script: str, env: dict[str, str], **spec: object) -> d
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
+            "securityContext": POD_SECURITY_CONTEXT,
             "containers": [
                 {
                     "name": "client",
@@ -271,7 +280,7 @@ def test_2_mnist_trains_is_promoted_and_reads_a_seven(release: Release) -> None:
     start = time.monotonic()
     # Two serving replicas, so that a rollout replaces them one at a time while the other
     # one serves (maxUnavailable 0).
-    kubectl.apply(mnist_job(limit=6000, promotion={"replicas": 2}))
+    kubectl.apply(mnist_job(limit=FIRST_LIMIT, promotion={"replicas": 2}))
     seen_progress: list[str] = []
 
     def watch_progress(status: dict) -> None:
@@ -391,11 +400,24 @@ def test_3_a_better_model_rolls_out_under_load_without_a_failed_request(
         "MAX_SECONDS": str(LOAD_MAX_SECONDS),
         "MAX_REQUESTS": str(LOAD_MAX_REQUESTS),
     }
-    kubectl.apply(client_pod("load", LOADGEN, load))
-    wait_for_log_record(kubectl, "load", "started")
+    kubectl.apply(mnist_job("mnist-better", limit=BETTER_LIMIT))
 
-    kubectl.apply(mnist_job("mnist-better", limit=24000))
-    run = follow(release, "mnist-better", promotion_decided, interval=2)
+    def start_the_load_before_training_ends(status: dict) -> None:
+        # Not earlier: on two cores the load would slow training down as much as it tests.
+        if not started and status.get("epoch"):
+            assert status["phase"] == "Running", status
+            kubectl.apply(client_pod("load", LOADGEN, load))
+            started.append(wait_for_log_record(kubectl, "load", "started"))
+
+    started: list[dict] = []
+    run = follow(
+        release,
+        "mnist-better",
+        promotion_decided,
+        on_tick=start_the_load_before_training_ends,
+        interval=2,
+    )
+    assert started, f"the load never started; phases {run.phases}"
     assert run.status["phase"] == "Promoted", json.dumps(run.status, indent=1)[:4000]
     serving = run.status["serving"]
     assert (serving["version"], serving["previousVersion"]) == (2, 1), serving
@@ -444,7 +466,7 @@ def training_job(name: str) -> dict:
     return mnist_job(
         name,
         epochs=4,
-        limit=16000,
+        limit=FIRST_LIMIT,
         model={"architecture": "mnist-dense", "name": "mnist-scratch"},
         promotion={"enabled": False},
         runPolicy={"cleanPodPolicy": "None"},
@@ -462,73 +484,71 @@ def assert_interrupted_then_succeeded(run: Run, killed: list[dict]) -> None:
     assert run.status["phase"] == "Succeeded", json.dumps(run.status, indent=1)[:4000]
 
 
-def test_4_a_killed_worker_restarts_the_workers_which_resume_and_succeed(
+def test_4_a_killed_worker_restarts_the_workers_and_a_killed_operator_is_replaced(
     release: Release,
 ) -> None:
-    kubectl = release.kubectl
-    start = time.monotonic()
-    kubectl.apply(training_job("resilient"))
-    killed: list[dict] = []
-
-    def kill_worker_after_first_epoch(status: dict) -> None:
-        if not killed and mid_training(status):
-            killed.append(dict(status))
-            kubectl("delete", "pod", "resilient-worker-1", "--grace-period=0", "--force")
-
-    run = follow(
-        release, "resilient", training_done, on_tick=kill_worker_after_first_epoch, interval=0.5
-    )
-    timed(release.times, "worker_killed_job_succeeds_s", start)
-    assert_interrupted_then_succeeded(run, killed)
-    status = run.status
-    assert status["restarts"] >= 1, status
-    assert "Restarting" in run.phases, run.phases
-    assert "resilient-worker-1" in json.dumps(status.get("lastFailure")), status
-    # The new chief resumed from the checkpoint of an epoch it had finished.
-    resumed = [r for r in log_records(kubectl, "resilient-worker-0") if r.get("type") == "resumed"]
-    assert resumed, kubectl("logs", "resilient-worker-0").stdout[-3000:]
-    assert resumed[0]["fromEpoch"] >= 2, resumed
-    attempts = {
-        p["metadata"]["labels"]["kubetrain.io/attempt"] for p in worker_pods(kubectl, "resilient")
-    }
-    assert attempts == {str(status["restarts"])}, attempts
-
-
-def test_5_a_killed_operator_is_replaced_and_its_successor_finishes_the_job(
-    release: Release,
-) -> None:
+    """One job meets both faults: its workers resume after one is killed, then the operator
+    is killed and its successor adopts the running workers and finishes the job."""
     kubectl = release.kubectl
     start = time.monotonic()
     operator = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"
     (old_operator,) = kubectl.json("get", "pods", "-l", operator)["items"]
-    kubectl.apply(training_job("steady"))
-    killed: list[dict] = []
-    workers_at_kill: set[str] = set()
+    kubectl.apply(training_job("resilient"))
+    killed_worker: list[dict] = []
+    killed_operator: list[dict] = []
+    workers_at_operator_kill: set[str] = set()
     per_attempt_max: dict[str, int] = {}
 
-    def kill_operator_and_count_workers(status: dict) -> None:
-        pods = worker_pods(kubectl, "steady")
-        for attempt in {p["metadata"]["labels"]["kubetrain.io/attempt"] for p in pods}:
-            count = sum(p["metadata"]["labels"]["kubetrain.io/attempt"] == attempt for p in pods)
-            per_attempt_max[attempt] = max(per_attempt_max.get(attempt, 0), count)
-        if not killed and mid_training(status):
-            killed.append(dict(status))
-            workers_at_kill.update(p["metadata"]["uid"] for p in pods)
+    def kill_a_worker_then_the_operator(status: dict) -> None:
+        pods = worker_pods(kubectl, "resilient")
+        attempts = [p["metadata"]["labels"]["kubetrain.io/attempt"] for p in pods]
+        for attempt in set(attempts):
+            per_attempt_max[attempt] = max(per_attempt_max.get(attempt, 0), attempts.count(attempt))
+        if not killed_worker and mid_training(status):
+            killed_worker.append(dict(status))
+            kubectl("delete", "pod", "resilient-worker-1", "--grace-period=0", "--force")
+        elif (
+            killed_worker
+            and not killed_operator
+            and status.get("restarts", 0) >= 1
+            and mid_training(status)
+            and status["epoch"] > killed_worker[0]["epoch"]
+        ):
+            # The resumed attempt has finished an epoch of its own.
+            killed_operator.append(dict(status))
+            workers_at_operator_kill.update(
+                p["metadata"]["uid"]
+                for p in pods
+                if p["metadata"]["labels"]["kubetrain.io/attempt"] == str(status["restarts"])
+            )
             kubectl("delete", "pod", "-l", operator, "--grace-period=0", "--force")
 
     run = follow(
-        release, "steady", training_done, on_tick=kill_operator_and_count_workers, interval=1
+        release, "resilient", training_done, on_tick=kill_a_worker_then_the_operator, interval=1
     )
-    timed(release.times, "operator_killed_job_succeeds_s", start)
-    # Only an operator writes the status, and the old one was gone before the job ended.
-    assert_interrupted_then_succeeded(run, killed)
+    timed(release.times, "worker_and_operator_killed_job_succeeds_s", start)
+    assert_interrupted_then_succeeded(run, killed_worker)
+    assert_interrupted_then_succeeded(run, killed_operator)
     status = run.status
+
+    # The killed worker restarted the job once; the new chief resumed from a checkpoint of
+    # an epoch it had finished.
+    assert status["restarts"] == 1, status
+    assert "Restarting" in run.phases, run.phases
+    assert "resilient-worker-1" in json.dumps(status.get("lastFailure")), status
+    resumed = [r for r in log_records(kubectl, "resilient-worker-0") if r.get("type") == "resumed"]
+    assert resumed, kubectl("logs", "resilient-worker-0").stdout[-3000:]
+    assert resumed[0]["fromEpoch"] >= 2, resumed
+
+    # Only an operator writes the status, and the old one was gone before the job ended.
     (new_operator,) = kubectl.json("get", "pods", "-l", operator)["items"]
     assert new_operator["metadata"]["uid"] != old_operator["metadata"]["uid"]
-    # The successor adopted the running workers: no restart, no new or duplicate pods.
-    assert status.get("restarts", 0) == 0, status
-    assert per_attempt_max == {"0": 2}, per_attempt_max
-    assert {p["metadata"]["uid"] for p in worker_pods(kubectl, "steady")} == workers_at_kill
+    # The successor adopted the running workers: no second restart, never more than two
+    # workers of an attempt, the same worker pods at the end.
+    assert per_attempt_max == {"0": 2, "1": 2}, per_attempt_max
+    assert {p["metadata"]["uid"] for p in worker_pods(kubectl, "resilient")} == (
+        workers_at_operator_kill
+    )
 
 
 SABOTEUR = """
@@ -548,7 +568,7 @@ while time.monotonic() < deadline:
 """
 
 
-def test_6_a_model_whose_server_never_becomes_ready_is_rolled_back(release: Release) -> None:
+def test_5_a_model_whose_server_never_becomes_ready_is_rolled_back(release: Release) -> None:
     kubectl = release.kubectl
     start = time.monotonic()
     # The next export of the served model is corrupted on the volume as soon as it appears,
@@ -564,8 +584,10 @@ def test_6_a_model_whose_server_never_becomes_ready_is_rolled_back(release: Rele
     )
     watching = wait_for_log_record(kubectl, "saboteur", "watching")
     assert "2" in watching["watching"], watching
-    # All the images: better than the served model, so the gate lets it through.
-    kubectl.apply(mnist_job("mnist-broken", promotion={"progressDeadlineSeconds": 15}))
+    # More images: better than the served model, so the gate lets it through.
+    kubectl.apply(
+        mnist_job("mnist-broken", limit=BROKEN_LIMIT, promotion={"progressDeadlineSeconds": 15})
+    )
     run = follow(release, "mnist-broken", promotion_decided, interval=2)
     timed(release.times, "broken_model_rolled_back_s", start)
     corrupted = wait_for_log_record(kubectl, "saboteur", "corrupted", timeout=30)
@@ -581,7 +603,7 @@ def test_6_a_model_whose_server_never_becomes_ready_is_rolled_back(release: Rele
     assert predicted_digit(kubectl, "predict-after-rollback") == 7
 
 
-def test_7_uninstall_leaves_no_pods_services_or_deployments(release: Release) -> None:
+def test_6_uninstall_leaves_no_pods_services_or_deployments(release: Release) -> None:
     kubectl = release.kubectl
     start = time.monotonic()
     kubectl("delete", "trainingjobs", "--all", "--timeout=120s")

@@ -6,7 +6,8 @@ import json
 
 from kubetrain.operator import serving
 from kubetrain.operator.manifests import (
-    CONTAINER_SECURITY_CONTEXT,
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
     WorkerOptions,
     headless_service,
     summarize_pod,
@@ -100,7 +101,7 @@ def test_without_a_claim_checkpoints_live_in_an_empty_dir():
     b = body(storage={"claimName": None}, promotion={"enabled": False})
     b["spec"]["storage"] = {}
     volumes = pods(b)[0]["spec"]["volumes"]
-    assert volumes == [{"name": "storage", "emptyDir": {}}]
+    assert volumes == [{"name": "storage", "emptyDir": {}}, SCRATCH_VOLUME]
 
 
 def test_another_worker_entrypoint_keeps_the_arguments():
@@ -161,12 +162,22 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
     assert summary["message"] == "The node was low on resource: memory."
 
 
-def test_every_container_the_operator_creates_runs_unprivileged():
-    assert CONTAINER_SECURITY_CONTEXT == {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
+def test_every_pod_the_operator_creates_meets_pod_security_restricted():
+    """The rules of the `restricted` Pod Security Standard that a pod spec must state;
+    the end-to-end story runs in a namespace where the API server enforces them."""
     spec = job(body(promotion={"deployment": "mnist-serving"})).spec
     server = serving.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
-    for container in [*pods(body())[0]["spec"]["containers"], *server["containers"]]:
-        assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT
+    for pod in [pods(body())[0]["spec"], server]:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert {next(iter(set(v) - {"name"})) for v in pod["volumes"]} <= {
+            "persistentVolumeClaim",
+            "emptyDir",
+        }
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            # Read-only root: /tmp is the scratch volume.
+            assert context["readOnlyRootFilesystem"] is True
+            assert SCRATCH_MOUNT in container["volumeMounts"]

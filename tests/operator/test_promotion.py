@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 
-from kubetrain.operator import promotion
+import pytest
+from kubetrain.operator import promotion, serving
 from kubetrain.operator.promotion import gate, rollout_state
 from kubetrain.operator.serving import served_annotations, served_version
 from kubetrain.operator.status import get_condition
@@ -188,6 +189,30 @@ def test_a_better_model_patches_the_served_version_and_remembers_the_previous_on
     assert step.status["phase"] == Phase.PROMOTING
 
 
+def test_the_patch_applies_only_to_the_deployment_version_the_gate_read():
+    """Two jobs promoting at once: the second patch is refused (409) and gated again."""
+    served = serving_deployment(3, value=0.97)
+    step = decide(succeeded(version=4, value=0.98), served)
+    assert step.patch["metadata"]["resourceVersion"] == "41"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"storage": {"claimName": "other-models"}}, {"model": {"name": "other"}}],
+    ids=["another claim", "another model"],
+)
+def test_a_deployment_serving_another_model_is_not_patched(other: dict):
+    """Promotion changes only the version: on another model's Deployment it would go on
+    serving that model while the job said Promoted."""
+    spec = job(body(promotion={"deployment": "mnist-serving"}, **other)).spec
+    theirs = serving.deployment(spec, "ml", 3, served_annotations(3, "val_accuracy", 0.5, "u"))
+    step = decide(succeeded(version=4, value=0.98), theirs)
+    assert promoted(step)["reason"] == Reason.SERVES_ANOTHER_MODEL
+    assert "spec.promotion.deployment" in promoted(step)["message"]
+    assert step.events[0][:2] == ("Warning", "ServesAnotherModel")
+    assert (step.create, step.patch, step.remove) == ([], None, False)
+
+
 def test_a_model_no_better_than_the_served_one_is_refused():
     step = decide(succeeded(version=4, value=0.96), serving_deployment(3, value=0.97))
     assert step.status["phase"] == Phase.SUCCEEDED
@@ -259,3 +284,35 @@ def test_a_failed_first_rollout_removes_the_deployment():
     assert promoted(step)["reason"] == Reason.ROLLOUT_FAILED
     assert step.remove and step.patch is None
     assert "removed (it had no earlier version)" in step.events[0][2]
+
+
+def test_a_refused_promotion_request_ends_promotion_with_the_api_servers_message():
+    """A quota's 403 or an invalid object's 422: said on the job, never retried in silence."""
+    message = 'services "mnist-serving" is forbidden: exceeded quota: services=1'
+    step = promotion.api_refused(SPEC, succeeded(), 403, message, T0)
+    assert step.status["phase"] == Phase.SUCCEEDED
+    condition = promoted(step)
+    assert (condition["status"], condition["reason"]) == ("False", Reason.PROMOTION_REFUSED)
+    assert "403" in condition["message"] and "exceeded quota" in condition["message"]
+    assert step.events[0][:2] == ("Warning", "PromotionRefused")
+    during = promotion.api_refused(SPEC, promoting(), 422, "invalid", T0)
+    assert during.status["phase"] == Phase.SUCCEEDED
+
+
+@pytest.mark.parametrize("code", [409, 429, 503])
+def test_a_conflict_or_a_server_fault_is_retried_and_says_so(code: int):
+    step = promotion.api_refused(SPEC, succeeded(), code, "the object has been modified", T0)
+    assert step.status == {}  # still Succeeded and undecided: the next tick gates again
+    assert step.events[0][:2] == ("Warning", "PromotionRetrying")
+    assert str(code) in step.events[0][2]
+
+
+def test_a_served_metric_that_is_not_a_number_is_not_compared():
+    verdict = gate(
+        "val_accuracy",
+        0.99,
+        {"kubetrain.io/metric": "val_accuracy", "kubetrain.io/metric-value": "high"},
+        0.0,
+    )
+    assert (verdict.promote, verdict.reason) == (False, "NotComparable")
+    assert "'high'" in verdict.message

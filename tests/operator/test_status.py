@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from kubetrain.operator.handlers import chief_log_query
 from kubetrain.operator.status import epoch_records, progress_update, replace_maps, result_update
 from kubetrain.trainer.api.records import Batch, Epoch, Result, parse_result
 from kubetrain.trainer.api.status import ModelRef, TrainingJobStatus
@@ -53,6 +54,22 @@ LOG = "\n".join(
 
 def test_only_epoch_records_are_read_from_a_mixed_log():
     assert [r.epoch for r in epoch_records(LOG)] == [1, 2, 3]
+
+
+def test_the_chief_log_is_read_as_a_bounded_tail():
+    query = chief_log_query()
+    assert query["tailLines"] == 200
+    assert query["limitBytes"] <= 1024 * 1024
+
+
+def test_a_log_cut_at_its_byte_limit_keeps_the_whole_records_before_the_cut():
+    huge = "x" * 5_000_000  # a chief printing a giant line
+    cut = (LOG + "\n" + huge + "\n" + record(4, val_accuracy=0.97)).encode()
+    limit = chief_log_query()["limitBytes"]
+    text = cut[: limit - 3].decode(errors="replace")
+    assert [r.epoch for r in epoch_records(text)] == [1, 2, 3]
+    # Cut inside a record: that line is skipped, not misread.
+    assert [r.epoch for r in epoch_records(LOG[:-20])] == [1, 2]
 
 
 def test_progress_reports_the_latest_epoch_and_the_best_one():

@@ -57,6 +57,17 @@ def test_bad_predict_body_is_a_400_with_a_message(client: httpx.Client, body: by
     assert set(response.json()) == {"error"} and response.json()["error"]
 
 
+def test_more_instances_than_a_batch_is_a_400_that_names_the_limit(client: httpx.Client):
+    """The shared server runs with --max-batch-size 32."""
+    rows = pattern_images([1] * 33).tolist()
+    response = client.post(PREDICT, json={"instances": rows})
+    assert response.status_code == 400
+    assert "at most 32" in response.json()["error"]
+    assert client.post(PREDICT, json={"instances": rows[:32]}).status_code == 200
+    columnar = client.post(PREDICT, json={"inputs": rows})
+    assert columnar.status_code == 400
+
+
 def test_body_over_the_limit_is_413_and_the_server_carries_on(client: httpx.Client):
     too_big = b'{"instances": [' + b"0," * 5_000_000 + b"0]}"
     response = client.post(PREDICT, content=too_big)

@@ -63,6 +63,7 @@ class Reason(StrEnum):
     # Promoted: the rollout
     NO_MODEL = "NoModel"
     DEPLOYMENT_NOT_MANAGED = "DeploymentNotManaged"
+    SERVES_ANOTHER_MODEL = "ServesAnotherModel"
     NOT_PROMOTED = "NotPromoted"
     PROMOTING = "Promoting"
     DEPLOYMENT_DELETED = "DeploymentDeleted"
@@ -70,6 +71,8 @@ class Reason(StrEnum):
     ROLLED_OUT = "RolledOut"
     PROMOTED = "Promoted"
     ROLLOUT_FAILED = "RolloutFailed"
+    PROMOTION_REFUSED = "PromotionRefused"
+    PROMOTION_RETRYING = "PromotionRetrying"
 
 
 class _Status(BaseModel):

@@ -111,7 +111,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-size",
         type=_positive_int,
         default=32,
-        help="most rows in one model call (a larger single request runs alone)",
+        help="most rows in one model call, and in one request (a larger one is a 400)",
     )
     batching.add_argument(
         "--batch-timeout-micros",

@@ -45,16 +45,23 @@ def instances_to_tensor(instances: list[Any], input_name: str) -> Any:
     return instances
 
 
-def to_batch(value: Any, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Validate a nested list as a batch of `input_shape` pixel arrays, as float32.
+def to_batch(value: Any, input_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
+    """Validate a nested list as a batch of at most `max_rows` `input_shape` pixel arrays,
+    as float32.
 
     A batch of single-channel images may leave the channel axis out (MNIST's 28x28), which
-    is how such images are usually written down.
+    is how such images are usually written down. Like TensorFlow Serving, one request may not
+    be larger than a batch: it would hold the model for every request queued behind it.
     """
     if not isinstance(value, list):
         raise BadRequest(f"expected a list of instances of shape {list(input_shape)}")
     if not value:
         raise BadRequest("no instances: the batch is empty")
+    if len(value) > max_rows:
+        raise BadRequest(
+            f"{len(value)} instances in one request; this server takes at most {max_rows} "
+            "(--max-batch-size): split the request"
+        )
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, RecursionError) as error:

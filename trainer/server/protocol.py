@@ -141,7 +141,7 @@ async def predict(
         tensor = instances_to_tensor(payload.instances, model.input.name)
     else:
         tensor = unwrap_named(payload.inputs, model.input.name, "inputs")
-    batch = to_batch(tensor, model.input_shape)
+    batch = to_batch(tensor, model.input_shape, state.settings.max_batch_size)
     assert state.batcher is not None
     rows = (await state.batcher.predict(batch)).tolist()
     if payload.instances is not None:
