@@ -83,19 +83,23 @@ def rollout_state(
     """("Complete" | "Progressing" | "Failed", message) as the deployment controller reports.
 
     The controller's own ProgressDeadlineExceeded is the primary signal; the operator's clock
-    is a fallback in case the controller never reports (e.g. it is down).
+    is a fallback in case the controller never reports (e.g. it is down). Like the
+    controller's, the deadline is for making progress: it counts from the last pod that
+    became available, so a slow node with many replicas is not taken for a broken model.
     """
     desired = dep["spec"].get("replicas", 1)
     st = dep.get("status") or {}
     # Until the controller has seen this generation, its conditions describe an older rollout.
     observed = st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+    since = started
     for cond in st.get("conditions") or [] if observed else []:
-        if (
-            cond.get("type") == "Progressing"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "ProgressDeadlineExceeded"
-        ):
+        if cond.get("type") != "Progressing":
+            continue
+        if cond.get("status") == "False" and cond.get("reason") == "ProgressDeadlineExceeded":
             return "Failed", cond.get("message") or "progress deadline exceeded"
+        progressed = parse_time(cond.get("lastUpdateTime"))
+        if since and progressed and progressed > since:
+            since = progressed
     if (
         observed
         and st.get("updatedReplicas", 0) == desired
@@ -103,8 +107,8 @@ def rollout_state(
         and st.get("replicas", 0) == desired
     ):
         return "Complete", f"{desired} replica(s) updated and available"
-    if started and now > started + timedelta(seconds=deadline_seconds) + ROLLOUT_SLACK:
-        return "Failed", f"rollout not complete after {deadline_seconds}s"
+    if since and now > since + timedelta(seconds=deadline_seconds) + ROLLOUT_SLACK:
+        return "Failed", f"rollout made no progress for {deadline_seconds}s"
     return "Progressing", (
         f"{st.get('updatedReplicas', 0)} of {desired} updated, "
         f"{st.get('availableReplicas', 0)} available"

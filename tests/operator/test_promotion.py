@@ -98,6 +98,31 @@ def test_the_operators_clock_fails_a_rollout_the_controller_never_reports():
     assert rollout_state(dep, T0, T0 + timedelta(seconds=340), 300)[0] == "Failed"
 
 
+def test_the_operators_clock_counts_from_the_rollouts_last_progress():
+    """Two slow pods, each ready within the deadline: progress, not a failure."""
+    progressing = {
+        "type": "Progressing",
+        "status": "True",
+        "reason": "ReplicaSetUpdated",
+        "lastUpdateTime": "2025-01-01T12:04:00Z",
+    }
+    dep = with_status(
+        serving_deployment(4),
+        2,
+        observedGeneration=2,
+        replicas=3,
+        updatedReplicas=1,
+        availableReplicas=2,
+        conditions=[progressing],
+    )
+    four_minutes_later = T0 + timedelta(seconds=240)
+    assert rollout_state(dep, T0, four_minutes_later + timedelta(seconds=300), 300)[0] == (
+        "Progressing"
+    )
+    state, message = rollout_state(dep, T0, four_minutes_later + timedelta(seconds=340), 300)
+    assert state == "Failed" and "no progress for 300s" in message
+
+
 # --- the planner: observe (Deployment, served metric, job status), decide, act ----------------
 
 SPEC = job(body()).spec
