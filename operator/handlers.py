@@ -17,10 +17,12 @@ from typing import Any
 import kopf
 from kubetrain.operator import promotion, reconcile
 from kubetrain.operator.kube import (
+    COLLECTIONS,
     ApiError,
     Kube,
     deployments_path,
     in_cluster,
+    network_policies_path,
     pods_path,
     pvc_path,
     services_path,
@@ -34,6 +36,7 @@ from kubetrain.operator.manifests import (
     headless_service,
     pod_name,
     summarize_pod,
+    worker_network_policy,
     worker_pod,
 )
 from kubetrain.operator.settings import SETTINGS
@@ -140,6 +143,8 @@ def _create_workers(
     namespace = body["metadata"]["namespace"]
     k = kube()
     try:
+        if SETTINGS.network_policies:  # before any worker listens
+            k.create(network_policies_path(namespace), worker_network_policy(body))
         k.create(services_path(namespace), headless_service(body))
         for index in indexes:
             pod = worker_pod(body, job, index, attempt, WorkerOptions(SETTINGS.worker_command))
@@ -190,15 +195,16 @@ def _promote(
         k.get(path),
         now,
         SETTINGS.serving_command,
+        SETTINGS.serving_access(),
     )
     for obj in step.create:
-        where = services_path if obj["kind"] == "Service" else deployments_path
-        k.create(where(namespace), obj)
+        k.create(COLLECTIONS[obj["kind"]](namespace), obj)
     if step.patch is not None:
         k.strategic_patch(path, step.patch)
     if step.remove:
         k.delete(path)
         k.delete(services_path(namespace, name))
+        k.delete(network_policies_path(namespace, name))
     return step.status, step.events
 
 

@@ -143,6 +143,20 @@ def deployments_path(namespace: str, name: str | None = None) -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
 
 
+def network_policies_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies" + (
+        f"/{name}" if name else ""
+    )
+
+
+COLLECTIONS = {
+    "Service": services_path,
+    "Deployment": deployments_path,
+    "NetworkPolicy": network_policies_path,
+}
+"""Where objects of each kind the operator creates live, by `kind`."""
+
+
 def pvc_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
 

@@ -1,4 +1,5 @@
-"""The Kubernetes objects a TrainingJob owns: its headless Service and its worker pods.
+"""The Kubernetes objects a TrainingJob owns: its headless Service, the NetworkPolicy that
+keeps everyone else off its workers, and its worker pods.
 
 Pure functions of the job; the handlers create what these return. Names are deterministic
 (`<job>-worker-<i>`, `<job>-workers`) so that creating twice is a harmless 409, never a
@@ -20,7 +21,7 @@ from kubetrain.trainer.api.entrypoints import (
     worker_arguments,
 )
 from kubetrain.trainer.api.layout import job_workdir, model_root
-from kubetrain.trainer.api.spec import TrainingJob, TrainingJobSpec
+from kubetrain.trainer.api.spec import ResourceRequirements, TrainingJob, TrainingJobSpec
 
 LABEL_JOB = "kubetrain.io/job"
 LABEL_ROLE = "kubetrain.io/role"
@@ -55,6 +56,11 @@ class WorkerOptions:
 
     command: list[str] = field(default_factory=lambda: list(WORKER_COMMAND))
     """Entrypoint before `--workdir/--model-root`; another image may need another one."""
+
+
+def container_resources(resources: ResourceRequirements) -> dict[str, dict[str, str]]:
+    """A container's `resources`, leaving out what the spec leaves empty."""
+    return {k: v for k, v in resources.model_dump().items() if v}
 
 
 def service_name(job: str) -> str:
@@ -128,6 +134,41 @@ def headless_service(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def network_policy_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def worker_network_policy(body: dict[str, Any]) -> dict[str, Any]:
+    """Only this job's own workers may reach its workers' TensorFlow port.
+
+    The gRPC server behind it runs any op it is sent, inside the chief: whoever reaches it
+    can read the worker's environment, write files, poison the exported model or crash the
+    job. The workers listen on nothing else, so every other connection is refused.
+    """
+    job = body["metadata"]["name"]
+    workers = {"matchLabels": {LABEL_JOB: job, LABEL_ROLE: "worker"}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": network_policy_name(job),
+            "namespace": body["metadata"]["namespace"],
+            "labels": job_labels(job),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "podSelector": workers,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": workers}],
+                    "ports": [{"protocol": "TCP", "port": WORKER_PORT}],
+                }
+            ],
+        },
+    }
+
+
 def worker_pod(
     body: dict[str, Any],
     job: TrainingJob,
@@ -156,7 +197,6 @@ def worker_pod(
             }
         )
         mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
-    resources = {k: v for k, v in spec.workers.resources.model_dump().items() if v}
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": spec.workers.image,
@@ -172,7 +212,7 @@ def worker_pod(
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
-        "resources": resources,
+        "resources": container_resources(spec.workers.resources),
         "volumeMounts": mounts,
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         # A worker that dies without writing its message still leaves its last log lines.

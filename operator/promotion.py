@@ -122,7 +122,8 @@ class PromotionPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     """(type, reason, message) Events to post on the job."""
     create: list[dict[str, Any]] = field(default_factory=list)
-    """Objects to create, in order: the serving Service, then its Deployment."""
+    """Objects to create, in order: the serving NetworkPolicy (before any pod can be
+    reached), the Service, then the Deployment."""
     patch: dict[str, Any] | None = None
     """A strategic merge patch for the serving Deployment."""
     remove: bool = False
@@ -184,12 +185,13 @@ def plan(
     deployment: dict[str, Any] | None,
     now: datetime,
     command: list[str] | None = None,
+    access: serving.Access | None = None,
 ) -> PromotionPlan:
     """What promotion does next for a job in `status`, given its serving Deployment (or None).
 
     A job that has just succeeded starts a rollout, or decides not to and says why; a job that
     is Promoting follows it (`follow`). `command` is the model server's entrypoint for a
-    Deployment created now.
+    Deployment created now, and `access` who may reach it (None: no NetworkPolicy).
     """
     if status.get("phase") != Phase.SUCCEEDED:
         return follow(spec, status, deployment, now)
@@ -227,6 +229,7 @@ def plan(
         )
         if deployment is None:
             step.create = [
+                *([serving.network_policy(spec, namespace, access)] if access else []),
                 serving.service(spec, namespace),
                 serving.deployment(spec, namespace, version, new, command),
             ]

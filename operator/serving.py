@@ -8,6 +8,7 @@ the next job compares against. Pure functions; the handler does the API calls.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubetrain.operator.manifests import (
@@ -16,6 +17,7 @@ from kubetrain.operator.manifests import (
     POD_SECURITY_CONTEXT,
     SCRATCH_MOUNT,
     SCRATCH_VOLUME,
+    container_resources,
 )
 from kubetrain.trainer.api.entrypoints import (
     MODEL_VERSION_ENV,
@@ -37,6 +39,21 @@ ANN_PREVIOUS_METRIC = "kubetrain.io/previous-metric"
 ANN_PREVIOUS_VALUE = "kubetrain.io/previous-metric-value"
 PRESTOP_SECONDS = 5
 """Endpoints drop a terminating pod a moment after it is told to stop; serve until then."""
+PROBE_TIMEOUT_SECONDS = 3
+"""The server answers probes off its busy paths; this covers a node short of CPU, where the
+kubelet's default of 1 s would drop a loaded but healthy pod from its Service."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may reach serving pods: NetworkPolicy peers for the API, a namespace for metrics.
+
+    The API and `/metrics` share one port, so the monitoring namespace reaches both.
+    """
+
+    allow_from: list[dict[str, Any]] = field(default_factory=lambda: [{"podSelector": {}}])
+    """`from` peers of a NetworkPolicy rule; the default is every pod of the namespace."""
+    metrics_namespace: str | None = None
 
 
 def serving_labels(deployment: str) -> dict[str, str]:
@@ -77,8 +94,10 @@ def deployment(
     probe = {
         "httpGet": {"path": "/readyz", "port": SERVER_PORT},
         "periodSeconds": 2,
-        "failureThreshold": 2,
+        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": 3,
     }
+
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -122,15 +141,16 @@ def deployment(
                             "startupProbe": {
                                 "httpGet": {"path": "/healthz", "port": SERVER_PORT},
                                 "periodSeconds": 2,
-                                "timeoutSeconds": 2,
+                                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
                                 "failureThreshold": 150,
                             },
                             "livenessProbe": {
                                 "httpGet": {"path": "/healthz", "port": SERVER_PORT},
                                 "periodSeconds": 10,
-                                "timeoutSeconds": 2,
+                                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
                                 "failureThreshold": 3,
                             },
+                            "resources": container_resources(spec.promotion.resources),
                             "lifecycle": {
                                 "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
                             },
@@ -206,6 +226,32 @@ def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
         "spec": {
             "selector": serving_labels(name),
             "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT}],
+        },
+    }
+
+
+def network_policy(spec: TrainingJobSpec, namespace: str, access: Access) -> dict[str, Any]:
+    """Only the peers `access` names reach the serving pods; nobody else does."""
+    name = spec.serving_deployment
+    port = [{"protocol": "TCP", "port": SERVER_PORT}]
+    rules: list[dict[str, Any]] = []
+    if access.allow_from:
+        rules.append({"from": copy.deepcopy(access.allow_from), "ports": port})
+    if access.metrics_namespace:
+        monitoring = {"kubernetes.io/metadata.name": access.metrics_namespace}
+        rules.append({"from": [{"namespaceSelector": {"matchLabels": monitoring}}], "ports": port})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**serving_labels(name), **MANAGED_BY},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": serving_labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
         },
     }
 

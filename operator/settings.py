@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
+from kubetrain.operator.serving import Access
 from kubetrain.trainer.api.entrypoints import SERVE_COMMAND, WORKER_COMMAND
 
 
@@ -17,6 +19,26 @@ def _command(variable: str, default: list[str] | None) -> list[str] | None:
     value = json.loads(raw)
     if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
         raise ValueError(f"{variable} must be a non-empty JSON list of strings")
+    return value
+
+
+def _flag(variable: str, default: bool) -> bool:
+    raw = os.environ.get(variable, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ValueError(f"{variable} must be true or false, got {raw!r}")
+    return raw == "true"
+
+
+def _peers(variable: str) -> list[dict[str, Any]]:
+    """NetworkPolicy `from` peers as a JSON list, e.g. '[{"podSelector": {}}]'."""
+    raw = os.environ.get(variable)
+    if raw is None:
+        return [{"podSelector": {}}]
+    value = json.loads(raw)
+    if not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+        raise ValueError(f"{variable} must be a JSON list of NetworkPolicy peers (objects)")
     return value
 
 
@@ -39,9 +61,27 @@ class Settings:
         default_factory=lambda: _command("KUBETRAIN_SERVING_COMMAND", list(SERVE_COMMAND))
     )
     """Model server entrypoint before `--model-dir DIR --port 8501`."""
+    network_policies: bool = field(
+        default_factory=lambda: _flag("KUBETRAIN_NETWORK_POLICIES", True)
+    )
+    """Give each job's workers, and each serving Deployment, a NetworkPolicy."""
+    serving_allow_from: list[dict[str, Any]] = field(
+        default_factory=lambda: _peers("KUBETRAIN_SERVING_ALLOW_FROM")
+    )
+    """Who may call the serving pods (peers of a NetworkPolicy rule): the namespace's pods."""
+    metrics_namespace: str | None = field(
+        default_factory=lambda: os.environ.get("KUBETRAIN_METRICS_NAMESPACE") or None
+    )
+    """The namespace whose pods may scrape serving pods' metrics."""
     liveness_port: int | None = field(
         default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None
     )
+
+    def serving_access(self) -> Access | None:
+        """Who may reach serving pods, or None when NetworkPolicies are off."""
+        if not self.network_policies:
+            return None
+        return Access(self.serving_allow_from, self.metrics_namespace)
 
 
 SETTINGS = Settings()

@@ -29,6 +29,20 @@ if [[ ! -x "${out}/local-path-provisioner" ]]; then
   mv "${out}.tmp" "${out}"
 fi
 
+# kube-router's network policy controller enforces NetworkPolicy (iptables and ipset; the
+# nftables-queue enforcers need a kernel feature these machines lack). Its own module: it
+# builds against older Kubernetes libraries than the cluster's.
+netpol_src="${src}/netpol"
+netpol="${KT_CACHE}/bin/kube-router-${KUBE_ROUTER_VERSION}-$(kt_hash "${netpol_src}/go.mod" "${netpol_src}/go.sum")"
+if [[ ! -x "${netpol}/kube-router" ]]; then
+  log "building kube-router ${KUBE_ROUTER_VERSION} (cold: 5 to 10 min on 2 cores)"
+  mkdir -p "${netpol}.tmp"
+  (cd "${netpol_src}" && gobuild -ldflags "-s -w" -o "${netpol}.tmp/" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router)
+  rm -rf "${netpol}"
+  mv "${netpol}.tmp" "${netpol}"
+fi
+
 pause_src="${KT_ROOT}/hack/images/pause/pause.c"
 pause="${KT_CACHE}/bin/pause-$(kt_hash "${pause_src}")"
 if [[ ! -x "${pause}/pause" ]]; then
@@ -43,4 +57,5 @@ for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube
 done
 ln -sfn "${out}/coredns" "${KT_BIN}/coredns"
 ln -sfn "${out}/local-path-provisioner" "${KT_BIN}/local-path-provisioner"
+ln -sfn "${netpol}/kube-router" "${KT_BIN}/kube-router"
 ln -sfn "${pause}/pause" "${KT_BIN}/pause"

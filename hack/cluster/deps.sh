@@ -4,6 +4,7 @@ set -euo pipefail
 
 pkgs=(
   containerd runc containernetworking-plugins iptables conntrack iproute2 # node
+  ipset                                                                  # NetworkPolicy
   openssl ca-certificates                                                # PKI
   podman buildah netavark aardvark-dns debootstrap busybox-static        # images
   gcc libc6-dev make curl                                                # pause, scripts

@@ -33,7 +33,7 @@ stop() {
 }
 
 # The kubelet first, so nothing restarts the pods we are about to kill.
-for c in kubelet local-path-provisioner coredns kube-proxy kube-scheduler kube-controller-manager; do
+for c in kubelet kube-router local-path-provisioner coredns kube-proxy kube-scheduler kube-controller-manager; do
   stop "${c}"
 done
 
@@ -85,6 +85,12 @@ remove_kube_chains() {
 }
 remove_kube_chains iptables
 remove_kube_chains ip6tables
+# kube-router's ipsets, once no rule refers to them.
+if command -v ipset >/dev/null; then
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router-)' || true); do
+    ipset destroy "${set}" 2>/dev/null || true
+  done
+fi
 if iptables -t mangle -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null; then
   iptables -t mangle -D FORWARD -j KUBETRAIN-ISOLATE
 fi

@@ -6,6 +6,8 @@ KT_CLUSTER_SRC="${KT_ROOT}/hack/cluster"
 
 # The one Kubernetes release every component comes from; go.mod pins the same.
 KUBE_VERSION="v1.34.12"
+# The NetworkPolicy enforcer; hack/cluster/netpol/go.mod pins the same.
+KUBE_ROUTER_VERSION="v2.1.0"
 
 # Everything built or downloaded is cached here and survives `cluster-down`.
 KT_CACHE="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubetrain}"

@@ -41,6 +41,7 @@ cert scheduler "/CN=system:kube-scheduler"
 cert kube-proxy "/CN=system:kube-proxy"
 cert coredns "/CN=kubetrain:coredns"
 cert local-path-provisioner "/CN=kubetrain:local-path-provisioner"
+cert kube-router "/CN=kubetrain:kube-router"
 
 # The aggregation layer's own CA: the API server proxies to extension API
 # servers (metrics-server, say) as front-proxy-client.
@@ -58,6 +59,6 @@ if [[ ! -f sa.key ]]; then
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 fi
 
-for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner; do
+for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner kube-router; do
   "${KT_CLUSTER_SRC}/kubeconfig.sh" --cert "${user}" > "${user}.kubeconfig"
 done

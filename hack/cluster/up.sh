@@ -250,6 +250,15 @@ start local-path-provisioner local-path-provisioner \
   start --kubeconfig "${pki}/local-path-provisioner.kubeconfig" --helper-image "${KT_BUSYBOX_IMAGE}"
 
 wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/${KT_NODE_NAME}" --timeout=5s
+
+# NetworkPolicy enforcement: kube-router's firewall only (routes and services are the
+# bridge's and kube-proxy's). It reads its node's address, so it starts once the node is
+# registered, and the cluster is up only once its filter chains are in place.
+start kube-router kube-router --kubeconfig "${pki}/kube-router.kubeconfig" \
+  --hostname-override "${KT_NODE_NAME}" --run-firewall=true --run-router=false \
+  --run-service-proxy=false --enable-cni=false --enable-pod-egress=false \
+  --service-cluster-ip-range "${KT_SERVICE_CIDR}" --health-port 0 --metrics-port 0
+wait_for "kube-router's network policy chains" 60 iptables -S KUBE-ROUTER-FORWARD
 wait_for "default service account" 60 kubectl get serviceaccount default
 wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
 log "cluster up: kubectl from ${KT_BIN}"

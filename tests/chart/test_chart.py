@@ -169,6 +169,7 @@ OPERATOR_GRANTS = {
     ("", "pods/log", "get"),
     *{("", "services", v) for v in ("create", "delete")},
     *{("apps", "deployments", v) for v in ("get", "create", "patch", "delete")},
+    *{("networking.k8s.io", "networkpolicies", v) for v in ("create", "delete")},
     ("", "persistentvolumeclaims", "get"),
     ("", "events", "create"),
 }

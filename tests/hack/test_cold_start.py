@@ -107,6 +107,7 @@ def test_cluster_binaries_build_into_an_empty_cache(cold: dict[str, str]) -> Non
     assert proc.returncode == 0, proc.stderr
     current = cache_root(cold) / "bin" / "current"
     components = ("kube-apiserver", "kubelet", "etcd", "coredns", "local-path-provisioner")
+    components += ("kube-router",)
     for component in (*components, "pause", "kubectl"):
         assert os.access(current / component, os.X_OK), component
 

@@ -6,11 +6,14 @@ import json
 
 from kubetrain.operator import serving
 from kubetrain.operator.manifests import (
+    LABEL_JOB,
+    LABEL_ROLE,
     SCRATCH_MOUNT,
     SCRATCH_VOLUME,
     WorkerOptions,
     headless_service,
     summarize_pod,
+    worker_network_policy,
     worker_pod,
 )
 from kubetrain.trainer.api.spec import parse_job
@@ -181,3 +184,22 @@ def test_every_pod_the_operator_creates_meets_pod_security_restricted():
             # Read-only root: /tmp is the scratch volume.
             assert context["readOnlyRootFilesystem"] is True
             assert SCRATCH_MOUNT in container["volumeMounts"]
+
+
+def test_only_the_jobs_own_workers_may_reach_its_workers_tensorflow_port():
+    b = body(workers={"replicas": 3})
+    policy = worker_network_policy(b)
+    workers = {"matchLabels": {LABEL_JOB: "mnist", LABEL_ROLE: "worker"}}
+    # It selects every worker pod of the job, and only those.
+    for pod in pods(b):
+        labels = pod["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert policy["spec"] == {
+        "podSelector": workers,
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": workers}], "ports": [{"protocol": "TCP", "port": 2222}]}
+        ],
+    }
+    # Garbage-collected with the job, like the pods it protects.
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]

@@ -10,6 +10,7 @@ from kubetrain.operator import promotion, serving
 from kubetrain.operator.promotion import gate, rollout_state
 from kubetrain.operator.serving import served_annotations, served_version
 from kubetrain.operator.status import get_condition
+from kubetrain.trainer.api.entrypoints import SERVER_PORT
 from kubetrain.trainer.api.status import Phase, Reason
 from trainingjobs import body, job, serving_deployment, strategic_merge
 
@@ -199,6 +200,25 @@ def test_the_first_model_creates_the_service_and_the_deployment_pinned_to_it():
     assert step.status["serving"]["previousVersion"] is None
     assert step.status["promotionStartTime"] == "2025-01-01T12:00:00Z"
     assert step.events == [("Normal", "Promoting", "rolling mnist-serving out to mnist version 1")]
+
+
+def test_the_first_model_fences_its_pods_before_anything_can_reach_them():
+    access = serving.Access([{"podSelector": {"matchLabels": {"app": "frontend"}}}], "monitoring")
+    step = promotion.plan(SPEC, "ml", "uid-new", succeeded(version=1), None, T0, None, access)
+    policy, _, dep = step.create
+    assert [o["kind"] for o in step.create] == ["NetworkPolicy", "Service", "Deployment"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == pod_labels
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    port = [{"protocol": "TCP", "port": SERVER_PORT}]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}], "ports": port},
+        {"from": [{"namespaceSelector": {"matchLabels": monitoring}}], "ports": port},
+    ]
+    # Nobody named, no metrics namespace: nobody gets in.
+    closed = serving.network_policy(SPEC, "ml", serving.Access([], None))
+    assert closed["spec"]["ingress"] == []
 
 
 def test_a_better_model_patches_the_served_version_and_remembers_the_previous_one():

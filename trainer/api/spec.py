@@ -189,6 +189,13 @@ class Promotion(_Model):
         "to `<model name>-serving`.",
     )
     replicas: int = Field(2, ge=1, le=100, description="Serving pods.")
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "100m", "memory": "768Mi"}, limits={"memory": "2Gi"}
+        ),
+        description="Each serving container's resources; the defaults fit a small image model "
+        "(the server holds about 750 MB with TensorFlow loaded).",
+    )
     min_improvement: float = Field(
         0.0, ge=0, description="How much the new metric must beat the served one by."
     )

@@ -10,6 +10,10 @@ from pathlib import Path
 from ..api.entrypoints import MODEL_VERSION_ENV, SERVER_PORT
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 64
+MAX_CONNECTIONS = 256
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,10 @@ class ServerSettings:
     batch_timeout_micros: int = 2000
     batch_threads: int = 1
     max_body_bytes: int = MAX_BODY_BYTES
+    max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
+    max_connections: int = MAX_CONNECTIONS
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
     shutdown_delay: float = 0.0
     drain_timeout: float = 20.0
     access_log: bool = False
@@ -44,6 +52,10 @@ class ServerSettings:
             batch_timeout_micros=args.batch_timeout_micros,
             batch_threads=args.batch_threads,
             max_body_bytes=args.max_body_bytes,
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_connections=args.max_connections,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
             shutdown_delay=args.shutdown_delay,
             drain_timeout=args.drain_timeout,
             access_log=args.access_log,
@@ -55,6 +67,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     return value
 
 
@@ -128,6 +147,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=MAX_BODY_BYTES,
         help="larger request bodies are refused with 413",
+    )
+    lifecycle.add_argument(
+        "--max-concurrent-requests",
+        type=_positive_int,
+        default=MAX_CONCURRENT_REQUESTS,
+        help="API requests handled at once; more get 503 at once (probes and metrics never)",
+    )
+    lifecycle.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        help="open connections, idle ones included; more get 503 and are closed",
+    )
+    lifecycle.add_argument(
+        "--header-timeout",
+        type=_positive_seconds,
+        default=HEADER_TIMEOUT,
+        help="seconds a client has to send a request's headers; then the connection closes",
+    )
+    lifecycle.add_argument(
+        "--body-timeout",
+        type=_positive_seconds,
+        default=BODY_TIMEOUT,
+        help="seconds a client has to send a request's whole body; then 408",
     )
     lifecycle.add_argument(
         "--shutdown-delay",

@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from .config import ServerSettings
+from .connections import with_header_timeout
 from .model import ModelNotFound, choose_version
 from .routes import create_app
 from .state import ServerState
@@ -87,6 +88,8 @@ def run(settings: ServerSettings) -> int:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.drain_timeout,
+        http=with_header_timeout(settings.header_timeout),
+        limit_concurrency=settings.max_connections,
         lifespan="on",
     )
     server = DrainingServer(config, state, settings.shutdown_delay)

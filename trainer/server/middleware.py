@@ -1,7 +1,9 @@
-"""ASGI middleware: the request body limit, and per-request metrics plus drain behaviour."""
+"""ASGI middleware: limits on bodies and on requests in flight, per-request metrics and
+drain behaviour."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -10,17 +12,45 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServerMetrics
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Answered whatever the load: a busy server must not look dead to the kubelet."""
 
-class BodySizeLimit:
-    """Refuse bodies over `max_bytes` with a JSON 413 before any handler parses them.
 
-    The declared Content-Length is checked first; chunked bodies are counted as they arrive.
-    The body is buffered (it is at most `max_bytes`) and replayed to the app.
+async def refuse(
+    send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """A JSON error answer that also closes the connection (the request was not read)."""
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimits:
+    """Refuse a body over `max_bytes` (413) or not sent within `timeout` seconds (408), before
+    any handler parses it.
+
+    The declared Content-Length is checked first; the body is counted as it arrives, so an
+    oversized one is refused at the chunk that crosses the limit, never buffered past it. One
+    deadline covers the whole body: a client trickling a byte at a time cannot hold a request
+    (and its buffer) open for longer than a client that stalls. The body, at most `max_bytes`,
+    is then replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -28,22 +58,32 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+            await self._too_large(send)
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._too_large(send)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await refuse(
+                send,
+                408,
+                f"the request body was not received within {self.timeout:g} s "
+                f"({size} bytes arrived); send it at once",
+            )
+            return
         buffered: Message | None = {"type": "http.request", "body": b"".join(chunks)}
 
         async def replay() -> Message:
@@ -55,22 +95,41 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": f"request body exceeds the limit of {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send: Send) -> None:
+        await refuse(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+
+
+class ConcurrencyLimit:
+    """Answer 503 at once, with Retry-After, past `limit` API requests in flight.
+
+    Requests beyond what the model can work through only queue, holding their bodies in
+    memory; shedding them lets the client (or the Service's next pod) try again. Probes and
+    metrics are never counted nor refused.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await refuse(
+                send,
+                503,
+                f"the server is busy: {self.in_flight} requests in flight, the limit is "
+                f"{self.limit}; retry shortly",
+                ((b"retry-after", b"1"),),
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class ObserveRequests:

@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..api.layout import SIGNATURE_NAME
@@ -124,11 +125,9 @@ def metadata(state: ServerState, name: str, version: str | None) -> ModelMetadat
     )
 
 
-async def predict(
-    state: ServerState, name: str, version: str | None, request: Request
-) -> PredictResponse | ColumnarPredictResponse:
-    model = served(state, name, version)
-    document = parse_json(await request.body())
+def _predict_batch(body: bytes, model: ServedModel, max_rows: int) -> tuple[np.ndarray, bool]:
+    """(the request's validated batch, whether it came as `instances`): CPU work, off the loop."""
+    document = parse_json(body)
     try:
         payload = PredictRequest.model_validate(document)
     except ValidationError as error:
@@ -141,10 +140,20 @@ async def predict(
         tensor = instances_to_tensor(payload.instances, model.input.name)
     else:
         tensor = unwrap_named(payload.inputs, model.input.name, "inputs")
-    batch = to_batch(tensor, model.input_shape, state.settings.max_batch_size)
+    return to_batch(tensor, model.input_shape, max_rows), payload.instances is not None
+
+
+async def predict(
+    state: ServerState, name: str, version: str | None, request: Request
+) -> PredictResponse | ColumnarPredictResponse:
+    model = served(state, name, version)
+    # Parsing and validating a large body takes long enough to stall probes on the loop.
+    batch, as_instances = await run_in_threadpool(
+        _predict_batch, await request.body(), model, state.settings.max_batch_size
+    )
     assert state.batcher is not None
     rows = (await state.batcher.predict(batch)).tolist()
-    if payload.instances is not None:
+    if as_instances:
         return PredictResponse(predictions=rows)
     return ColumnarPredictResponse(outputs=rows)
 
@@ -176,7 +185,8 @@ async def classify(
     state: ServerState, name: str, version: str | None, request: Request
 ) -> ClassifyResponse:
     model = served(state, name, version)
-    pixels = decode_image(await _image_bytes(request), model.input_shape)
+    # Decoding a large image takes long enough to stall probes on the loop.
+    pixels = await run_in_threadpool(decode_image, await _image_bytes(request), model.input_shape)
     assert state.batcher is not None
     probabilities = (await state.batcher.predict(pixels[np.newaxis]))[0]
     names = model.class_names

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol
 from .errors import ServingError
-from .middleware import BodySizeLimit, ObserveRequests
+from .middleware import BodyLimits, ConcurrencyLimit, ObserveRequests
 from .schemas import (
     ClassifyResponse,
     ColumnarPredictResponse,
@@ -59,7 +59,7 @@ CLASSIFY_BODY = {
     }
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 408, 413, 415, 503)
 }
 
 ModelName = Annotated[str, Path(description="the served model's name")]
@@ -85,7 +85,11 @@ def create_app(state: ServerState) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=state.settings.max_body_bytes)
+    # Outermost last: every request is observed, then counted against the limit, then its
+    # body is read within its size and time limits.
+    settings = state.settings
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(ObserveRequests, metrics=state.metrics, draining=lambda: state.draining)
     state.metrics.ready.set_function(lambda: float(state.ready))
 

@@ -103,6 +103,10 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch", "delete"]
+# The NetworkPolicy of a job's workers (owned by the job) and of a serving Deployment.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "delete"]
 # A job waits (ClaimNotFound) until the PVCs it names exist.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
