@@ -269,9 +269,7 @@ def split(source: Source, dataset: Dataset, seed: int) -> Split:
             )
         train, rest = _group_split(indices, source.train.groups, held_out, seed)
     else:
-        train, rest = train_test_split(
-            indices, test_size=held_out, stratify=labels, random_state=seed
-        )
+        train, rest = _stratified_split(indices, labels, held_out, seed, dataset.source)
     if source.test is not None:
         validation, test = np.sort(rest), np.arange(len(source.test))
     else:
@@ -279,12 +277,33 @@ def split(source: Source, dataset: Dataset, seed: int) -> Split:
         if dataset.split_by == SplitBy.SCENE:
             validation, test = _group_split(rest, source.train.groups[rest], share, seed + 1)
         else:
-            validation, test = train_test_split(
-                rest, test_size=share, stratify=labels[rest], random_state=seed + 1
+            validation, test = _stratified_split(
+                rest, labels[rest], share, seed + 1, dataset.source
             )
     if dataset.limit is not None:
         train = np.random.default_rng(seed).permutation(train)[: dataset.limit]
     return Split(train=np.sort(train), validation=np.sort(validation), test=np.sort(test))
+
+
+def _stratified_split(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, source: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every class in both parts, in proportion; a dataset too small for that is the job's
+    problem, never a retry's."""
+    try:
+        kept, held = train_test_split(
+            indices, test_size=fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as err:
+        counts = {
+            int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)
+        }
+        raise DataError(
+            f"{source}: {len(indices)} examples cannot be split with every class on both sides "
+            f"(examples per class: {counts}; {err}); give it more data, or lower "
+            "spec.dataset.validationFraction and testFraction"
+        ) from None
+    return kept, held
 
 
 def _group_split(

@@ -136,6 +136,17 @@ def test_random_split_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert np.bincount(source.train.labels[first.validation]).tolist() == [20] * 10
 
 
+def test_a_class_too_small_to_stratify_is_a_data_error_not_a_crash(tmp_path: Path) -> None:
+    """The worker exits permanently (3) on a DataError: no retry can make the data bigger."""
+    path = write_planesnet_json(tmp_path / "p.json", count=40)
+    document = json.loads(path.read_text())
+    document["labels"] = [1] + [0] * 39  # a single plane
+    path.write_text(json.dumps(document))
+    dataset = Dataset(name="planesnet", source=str(path), validation_fraction=0.2)
+    with pytest.raises(DataError, match=r"examples per class: \{0: 39, 1: 1\}.*validationFraction"):
+        split(load_planesnet(path), dataset, seed=0)
+
+
 def test_scene_split_keeps_each_scene_on_one_side(tmp_path: Path) -> None:
     source = load_planesnet(write_planesnet_folder(tmp_path, count=300, scenes=20))
     dataset = Dataset(
