@@ -301,6 +301,10 @@ def test_2_mnist_trains_is_promoted_and_reads_a_seven(release: Release) -> None:
     assert "Promoted" in table and f"{SERVING}:1" in table
     assert status["serving"]["version"] == 1
     assert status["bestCheckpoint"]["value"] > 0.85  # val accuracy of the dense net
+    # Trained and served behind the operator's NetworkPolicies, which the cluster enforces.
+    policies = {p["metadata"]["name"]: p for p in kubectl.json("get", "networkpolicies")["items"]}
+    assert {"mnist-workers", SERVING} <= set(policies)
+    assert policies["mnist-workers"]["metadata"]["ownerReferences"][0]["name"] == "mnist"
 
     start = time.monotonic()
     assert predicted_digit(kubectl, "predict") == 7
@@ -607,7 +611,7 @@ def test_5_a_model_whose_server_never_becomes_ready_is_rolled_back(release: Rele
     assert predicted_digit(kubectl, "predict-after-rollback") == 7
 
 
-def test_6_uninstall_leaves_no_pods_services_or_deployments(release: Release) -> None:
+def test_6_uninstall_leaves_no_pods_services_deployments_or_policies(release: Release) -> None:
     kubectl = release.kubectl
     start = time.monotonic()
     kubectl("delete", "trainingjobs", "--all", "--timeout=120s")
@@ -615,7 +619,7 @@ def test_6_uninstall_leaves_no_pods_services_or_deployments(release: Release) ->
     # Serving Deployments outlive the jobs on purpose; they go by their label.
     kubectl(
         "delete",
-        "deployment,service",
+        "deployment,service,networkpolicy",
         "-l",
         "app.kubernetes.io/managed-by=kubetrain-operator",
         "--timeout=120s",
@@ -624,9 +628,10 @@ def test_6_uninstall_leaves_no_pods_services_or_deployments(release: Release) ->
     timed(release.times, "uninstall_s", start)
 
     def nothing_left(listing: dict) -> bool:
-        return not [i for i in listing["items"] if i["kind"] in ("Pod", "Service", "Deployment")]
+        kinds = ("Pod", "Service", "Deployment", "NetworkPolicy")
+        return not [i for i in listing["items"] if i["kind"] in kinds]
 
-    kubectl.wait_for("pods,services,deployments", nothing_left, timeout=120)
+    kubectl.wait_for("pods,services,deployments,networkpolicies", nothing_left, timeout=120)
     roles = release.kubectl.json("get", "clusterroles,clusterrolebindings")["items"]
     assert not [
         r["metadata"]["name"] for r in roles if r["metadata"]["name"].startswith(release.name)
