@@ -113,17 +113,22 @@ def storage_paths(spec: TrainingJobSpec, job: str) -> tuple[str, str]:
     return job_workdir(mount, job), model_root(mount)
 
 
+def owned_metadata(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """Metadata of an object the job owns: in its namespace, labelled with it, collected with it."""
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": job_labels(body["metadata"]["name"]),
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 def headless_service(body: dict[str, Any]) -> dict[str, Any]:
     job = body["metadata"]["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": service_name(job),
-            "namespace": body["metadata"]["namespace"],
-            "labels": job_labels(job),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": owned_metadata(body, service_name(job)),
         "spec": {
             "clusterIP": "None",
             # Workers look each other up before any of them is ready.
@@ -150,12 +155,7 @@ def worker_network_policy(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": network_policy_name(job),
-            "namespace": body["metadata"]["namespace"],
-            "labels": job_labels(job),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": owned_metadata(body, network_policy_name(job)),
         "spec": {
             "podSelector": workers,
             "policyTypes": ["Ingress"],

@@ -20,6 +20,7 @@ from kubetrain.operator.manifests import (
     container_resources,
 )
 from kubetrain.trainer.api.entrypoints import (
+    MODEL_DIR_FLAG,
     MODEL_VERSION_ENV,
     SERVE_COMMAND,
     SERVER_PORT,
@@ -279,7 +280,8 @@ def _server(dep: dict[str, Any]) -> dict[str, Any]:
 def model_source(dep: dict[str, Any]) -> tuple[str | None, str | None]:
     """(claim, model directory) the Deployment's server loads its versions from."""
     command = _server(dep).get("command") or []
-    directory = command[command.index("--model-dir") + 1] if "--model-dir" in command else None
+    flag = MODEL_DIR_FLAG
+    directory = command[command.index(flag) + 1] if flag in command[:-1] else None
     claims = [
         v["persistentVolumeClaim"].get("claimName")
         for v in dep["spec"]["template"]["spec"].get("volumes") or []

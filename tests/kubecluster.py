@@ -239,10 +239,10 @@ def kubectl(kubeconfig: str) -> Kubectl:
     return Kubectl(kubeconfig)
 
 
-@pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[Kubectl]:
-    """A fresh namespace for one test, deleted afterwards; kubectl bound to it."""
-    name = f"kt-test-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def fresh_namespace(kubectl: Kubectl, prefix: str = "kt-test") -> Iterator[Kubectl]:
+    """A new namespace, deleted afterwards; kubectl bound to it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     # Pods need the namespace's default service account before they can be created.
     kubectl.wait_for(f"serviceaccount default -n {name}", lambda _: True, timeout=60)
@@ -250,6 +250,13 @@ def namespace(kubectl: Kubectl) -> Iterator[Kubectl]:
         yield Kubectl(kubectl.kubeconfig, name)
     finally:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[Kubectl]:
+    """A fresh namespace for one test."""
+    with fresh_namespace(kubectl) as ns:
+        yield ns
 
 
 def mint_kubeconfig(cluster: Cluster, user: str, *groups: str) -> str:

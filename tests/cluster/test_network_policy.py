@@ -7,11 +7,10 @@ own policy objects to stand-in pods and try to connect from inside and outside t
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubecluster import Kubectl
+from kubecluster import Kubectl, fresh_namespace
 from kubetrain.operator import serving
 from kubetrain.operator.manifests import LABEL_JOB, LABEL_ROLE, WORKER_PORT, worker_network_policy
 from kubetrain.trainer.api.entrypoints import SERVER_PORT
@@ -105,13 +104,8 @@ def without_owner(obj: dict) -> dict:
 @pytest.fixture
 def elsewhere(kubectl: Kubectl) -> Iterator[Kubectl]:
     """A second namespace, as another tenant's."""
-    name = f"kt-other-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    kubectl.wait_for(f"serviceaccount default -n {name}", lambda _: True, timeout=60)
-    try:
-        yield Kubectl(kubectl.kubeconfig, name)
-    finally:
-        kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(kubectl, "kt-other") as ns:
+        yield ns
 
 
 def test_only_the_jobs_own_workers_reach_a_workers_tensorflow_port(

@@ -237,7 +237,21 @@ def wait_for_log_record(kubectl: Kubectl, pod: str, key: str, timeout: float = 1
     raise AssertionError(f"pod {pod} logged no {key!r} record in {timeout}s")
 
 
-PREDICT = (
+REACH_SERVING = (
+    "import socket, time\n"
+    "# A new pod is let through the namespace's NetworkPolicies a moment after it starts\n"
+    "# (under a second measured with kube-router): wait for that, not for the model.\n"
+    "deadline = time.monotonic() + 30\n"
+    "while True:\n"
+    "    try:\n"
+    "        socket.create_connection(('mnist-serving', 8501), timeout=2).close(); break\n"
+    "    except OSError:\n"
+    "        if time.monotonic() > deadline: raise\n"
+    "        time.sleep(0.2)\n"
+)
+"""Prepended to the scripts of client pods that call the serving Service."""
+
+PREDICT = REACH_SERVING + (
     "import json, os, urllib.request\n"
     "req = urllib.request.Request('http://mnist-serving:8501/v1/models/mnist:predict',\n"
     "    data=os.environ['BODY'].encode(), headers={'Content-Type': 'application/json'})\n"
@@ -311,7 +325,9 @@ def test_2_mnist_trains_is_promoted_and_reads_a_seven(release: Release) -> None:
     timed(release.times, "predict_s", start)
 
 
-LOADGEN = """
+LOADGEN = (
+    REACH_SERVING
+    + """
 import json, os, threading, time, urllib.error, urllib.request
 BASE = "http://mnist-serving:8501/v1/models/mnist"
 BODY = os.environ["BODY"].encode()
@@ -372,6 +388,7 @@ seconds = time.monotonic() - start
 print(json.dumps({"sent": sent, "failed": failed, "codes": codes, "versions": versions,
                   "seconds": round(seconds, 1), "perSecond": round(sent / seconds, 1)}))
 """
+)
 
 
 def serving_pods_all_on(kubectl: Kubectl, version: int, replicas: int) -> Callable[[dict], bool]:

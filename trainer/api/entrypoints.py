@@ -31,5 +31,9 @@ def worker_arguments(workdir: str, model_root: str) -> list[str]:
     return ["--workdir", workdir, "--model-root", model_root]
 
 
+MODEL_DIR_FLAG = "--model-dir"
+"""The model server's flag for `<model_root>/<name>`: what a serving Deployment serves."""
+
+
 def serve_arguments(model_dir: str, port: int = SERVER_PORT) -> list[str]:
-    return ["--model-dir", model_dir, "--port", str(port)]
+    return [MODEL_DIR_FLAG, model_dir, "--port", str(port)]

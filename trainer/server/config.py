@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.entrypoints import MODEL_VERSION_ENV, SERVER_PORT
+from ..api.entrypoints import MODEL_DIR_FLAG, MODEL_VERSION_ENV, SERVER_PORT
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_CONCURRENT_REQUESTS = 64
@@ -104,7 +104,7 @@ def _version(text: str) -> int | None:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `kubetrain serve`; defaults suit the serving Deployment's container."""
     parser.add_argument(
-        "--model-dir",
+        MODEL_DIR_FLAG,
         required=True,
         help="<model_root>/<name>: the directory holding the integer version directories",
     )
