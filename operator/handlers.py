@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubetrain.operator import promotion, reconcile
+from kubetrain.operator import promotion, reconcile, serving
 from kubetrain.operator.kube import (
     COLLECTIONS,
     ApiError,
@@ -186,7 +186,9 @@ def _promote(
     namespace = body["metadata"]["namespace"]
     name = job.spec.serving_deployment
     path = deployments_path(namespace, name)
+    check_path = pods_path(namespace, serving.model_check_pod_name(body["metadata"]["name"]))
     k = kube()
+    check = k.get(check_path) if status.get("phase") == Phase.SUCCEEDED else None
     step = promotion.plan(
         job.spec,
         namespace,
@@ -196,7 +198,11 @@ def _promote(
         now,
         SETTINGS.serving_command,
         SETTINGS.serving_access(),
+        summarize_pod(check, serving.SERVER_CONTAINER) if check else None,
     )
+    if step.check is not None:
+        pod = serving.model_check_pod(body, job.spec, step.check, SETTINGS.serving_command)
+        k.create(pods_path(namespace), pod)
     for obj in step.create:
         k.create(COLLECTIONS[obj["kind"]](namespace), obj)
     if step.patch is not None:
@@ -205,6 +211,8 @@ def _promote(
         k.delete(path)
         k.delete(services_path(namespace, name))
         k.delete(network_policies_path(namespace, name))
+    if step.remove_check:  # once its answer has been acted on
+        k.delete(check_path)
     return step.status, step.events
 
 

@@ -252,14 +252,15 @@ def worker_pod(
     }
 
 
-def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
-    """What the reconciler needs to know about a worker pod, small enough to index."""
+def summarize_pod(body: dict[str, Any], container: str = WORKER_CONTAINER) -> dict[str, Any]:
+    """What the reconciler needs to know about a worker pod (or the pod running `container`),
+    small enough to index."""
     meta = body.get("metadata", {})
     labels = meta.get("labels", {})
     status = body.get("status") or {}
     exit_code = message = reason = None
     for cs in status.get("containerStatuses") or []:
-        if cs.get("name") == WORKER_CONTAINER:
+        if cs.get("name") == container:
             terminated = (cs.get("state") or {}).get("terminated")
             if terminated:
                 exit_code = terminated.get("exitCode")
@@ -278,5 +279,6 @@ def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
         "exitCode": exit_code,
         "message": (message or status.get("message") or "").strip(),
         "reason": reason or status.get("reason"),
+        "created": meta.get("creationTimestamp"),
         "deletionTimestamp": meta.get("deletionTimestamp"),
     }

@@ -128,6 +128,10 @@ class PromotionPlan:
     """A strategic merge patch for the serving Deployment."""
     remove: bool = False
     """Delete the serving Deployment and its Service."""
+    check: int | None = None
+    """Start the model-check pod for this version (`serving.model_check_pod`)."""
+    remove_check: bool = False
+    """Delete the model-check pod: its answer is in."""
 
 
 def _decided(
@@ -177,6 +181,39 @@ def api_refused(
     return step
 
 
+def check_model(
+    spec: TrainingJobSpec, status: dict[str, Any], check: dict[str, Any] | None, now: datetime
+) -> PromotionPlan | None:
+    """None once the model-check pod found the version complete; else what to do meanwhile.
+
+    The chief's result only names a version: before any serving pod is touched, a pod that
+    mounts the storage as the server does must find that version complete there.
+    """
+    version = int(status["model"]["version"])
+    if check is None:
+        message = f"checking that {spec.model_name} version {version} is complete in storage"
+        return PromotionPlan(check=version, events=[("Normal", Reason.CHECKING_MODEL, message)])
+    if check["phase"] == "Succeeded":
+        return None
+    if check["phase"] == "Failed":
+        detail = check.get("message") or f"exit code {check.get('exitCode')}"
+        message = f"{spec.model_name} version {version} cannot be served: {detail}"
+        reason = Reason.MODEL_NOT_FOUND
+    else:
+        created = parse_time(check.get("created"))
+        deadline = spec.promotion.progress_deadline_seconds
+        if created is None or now <= created + timedelta(seconds=deadline):
+            return PromotionPlan()
+        message = (
+            f"the check of {spec.model_name} version {version} did not finish in {deadline}s "
+            f"(pod {check.get('name')}: {check['phase']})"
+        )
+        reason = Reason.MODEL_CHECK_TIMED_OUT
+    step = _decided(status, False, reason, message, now, ("Warning", reason))
+    step.remove_check = True
+    return step
+
+
 def plan(
     spec: TrainingJobSpec,
     namespace: str,
@@ -186,12 +223,14 @@ def plan(
     now: datetime,
     command: list[str] | None = None,
     access: serving.Access | None = None,
+    check: dict[str, Any] | None = None,
 ) -> PromotionPlan:
     """What promotion does next for a job in `status`, given its serving Deployment (or None).
 
-    A job that has just succeeded starts a rollout, or decides not to and says why; a job that
-    is Promoting follows it (`follow`). `command` is the model server's entrypoint for a
-    Deployment created now, and `access` who may reach it (None: no NetworkPolicy).
+    A job that has just succeeded has its model checked (`check`: the model-check pod, or
+    None before there is one), then starts a rollout, or decides not to and says why; a job
+    that is Promoting follows it (`follow`). `command` is the model server's entrypoint for
+    a Deployment created now, and `access` who may reach it (None: no NetworkPolicy).
     """
     if status.get("phase") != Phase.SUCCEEDED:
         return follow(spec, status, deployment, now)
@@ -224,6 +263,9 @@ def plan(
             return _decided(
                 status, False, verdict.reason, verdict.message, now, ("Normal", Reason.NOT_PROMOTED)
             )
+        if (waiting := check_model(spec, status, check, now)) is not None:
+            return waiting
+        step.remove_check = True
         new = serving.served_annotations(
             version, metric, value, job_uid, annotations if deployment else None
         )

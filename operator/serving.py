@@ -13,13 +13,16 @@ from typing import Any
 
 from kubetrain.operator.manifests import (
     CONTAINER_SECURITY_CONTEXT,
+    LABEL_ROLE,
     MANAGED_BY,
     POD_SECURITY_CONTEXT,
     SCRATCH_MOUNT,
     SCRATCH_VOLUME,
     container_resources,
+    owned_metadata,
 )
 from kubetrain.trainer.api.entrypoints import (
+    CHECK_ONLY_FLAG,
     MODEL_DIR_FLAG,
     MODEL_VERSION_ENV,
     SERVE_COMMAND,
@@ -43,6 +46,12 @@ PRESTOP_SECONDS = 5
 PROBE_TIMEOUT_SECONDS = 3
 """The server answers probes off its busy paths; this covers a node short of CPU, where the
 kubelet's default of 1 s would drop a loaded but healthy pod from its Service."""
+ROLE_MODEL_CHECK = "model-check"
+MODEL_CHECK_RESOURCES = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+"""The check reads a directory listing, without TensorFlow: far less than a server needs."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,62 @@ def served_annotations(
     }
 
 
+def _pod_spec(spec: TrainingJobSpec, version: int, command: list[str] | None) -> dict[str, Any]:
+    """The model server's pod, pinned to `version`: what a serving Deployment runs."""
+    probe = {
+        "httpGet": {"path": "/readyz", "port": SERVER_PORT},
+        "periodSeconds": 2,
+        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": 3,
+    }
+    server = {
+        "name": SERVER_CONTAINER,
+        "image": spec.workers.image,
+        "imagePullPolicy": spec.workers.image_pull_policy,
+        "command": [
+            *(command or SERVE_COMMAND),
+            *serve_arguments(model_dir(spec.storage.mount_path, spec.model_name)),
+        ],
+        "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "readinessProbe": probe,
+        # Loading TensorFlow and the model can take a minute on a busy node: liveness
+        # starts once the server is up, not on a timer.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+            "periodSeconds": 2,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": 150,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": 3,
+        },
+        "resources": container_resources(spec.promotion.resources),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [
+            {"name": "storage", "mountPath": spec.storage.mount_path, "readOnly": True},
+            dict(SCRATCH_MOUNT),
+        ],
+    }
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "containers": [server],
+        "volumes": [
+            {
+                "name": "storage",
+                "persistentVolumeClaim": {"claimName": spec.storage.claim_name, "readOnly": True},
+            },
+            copy.deepcopy(SCRATCH_VOLUME),
+        ],
+    }
+
+
 def deployment(
     spec: TrainingJobSpec,
     namespace: str,
@@ -91,14 +156,6 @@ def deployment(
     """The serving Deployment; only `MODEL_VERSION` differs between two promotions."""
     name = spec.serving_deployment
     labels = serving_labels(name)
-    command = command or SERVE_COMMAND
-    probe = {
-        "httpGet": {"path": "/readyz", "port": SERVER_PORT},
-        "periodSeconds": 2,
-        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-        "failureThreshold": 3,
-    }
-
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -119,67 +176,36 @@ def deployment(
             },
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
-                    "containers": [
-                        {
-                            "name": SERVER_CONTAINER,
-                            "image": spec.workers.image,
-                            "imagePullPolicy": spec.workers.image_pull_policy,
-                            "command": [
-                                *command,
-                                *serve_arguments(
-                                    model_dir(spec.storage.mount_path, spec.model_name)
-                                ),
-                            ],
-                            "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
-                            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-                            "readinessProbe": probe,
-                            # Loading TensorFlow and the model can take a minute on a busy
-                            # node: liveness starts once the server is up, not on a timer.
-                            "startupProbe": {
-                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-                                "periodSeconds": 2,
-                                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-                                "failureThreshold": 150,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-                                "periodSeconds": 10,
-                                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-                                "failureThreshold": 3,
-                            },
-                            "resources": container_resources(spec.promotion.resources),
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
-                            },
-                            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-                            "volumeMounts": [
-                                {
-                                    "name": "storage",
-                                    "mountPath": spec.storage.mount_path,
-                                    "readOnly": True,
-                                },
-                                dict(SCRATCH_MOUNT),
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {
-                            "name": "storage",
-                            "persistentVolumeClaim": {
-                                "claimName": spec.storage.claim_name,
-                                "readOnly": True,
-                            },
-                        },
-                        copy.deepcopy(SCRATCH_VOLUME),
-                    ],
-                },
+                "spec": _pod_spec(spec, version, command),
             },
         },
     }
+
+
+def model_check_pod_name(job: str) -> str:
+    return f"{job}-{ROLE_MODEL_CHECK}"
+
+
+def model_check_pod(
+    body: dict[str, Any], spec: TrainingJobSpec, version: int, command: list[str] | None = None
+) -> dict[str, Any]:
+    """A pod that checks `version` is complete in storage before any serving pod is touched.
+
+    The serving pod itself, with its image, command, volume and version, run once with
+    `--check-only`: it sees exactly what the new serving pods would see. Owned by the job.
+    """
+    pod_spec = _pod_spec(spec, version, command)
+    server = pod_spec["containers"][0]
+    for key in ("ports", "readinessProbe", "startupProbe", "livenessProbe", "lifecycle"):
+        del server[key]
+    server["command"].append(CHECK_ONLY_FLAG)
+    server["resources"] = copy.deepcopy(MODEL_CHECK_RESOURCES)
+    # What it prints on failure is the pod's termination message, which the operator reports.
+    server["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    pod_spec["restartPolicy"] = "Never"
+    metadata = owned_metadata(body, model_check_pod_name(body["metadata"]["name"]))
+    metadata["labels"][LABEL_ROLE] = ROLE_MODEL_CHECK
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
 def restored_annotations(served: dict[str, str]) -> dict[str, str | None]:

@@ -165,7 +165,7 @@ OPERATOR_GRANTS = {
     *{("kubetrain.io", "trainingjobs", v) for v in ("list", "watch", "patch", "delete")},
     ("kubetrain.io", "trainingjobs/status", "patch"),
     ("kubetrain.io", "trainingjobs/finalizers", "update"),
-    *{("", "pods", v) for v in ("list", "watch", "create", "delete")},
+    *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
     ("", "pods/log", "get"),
     *{("", "services", v) for v in ("create", "delete")},
     *{("apps", "deployments", v) for v in ("get", "create", "patch", "delete")},

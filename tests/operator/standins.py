@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+UNLOADABLE = 'UNLOADABLE = "a SavedModel no server can load"\n'
+"""What a stand-in export writes as its SavedModel when told to be unloadable."""
+
 WORKER = r"""
 import argparse, json, os, sys, time
 from kubetrain.trainer.api import entrypoints, layout, records, tfconfig
@@ -71,6 +74,8 @@ if plan.get("export", True):
     with open(os.path.join(path, layout.METADATA_FILE), "w") as f:
         json.dump({"jobName": job.metadata.name, "metric": "val_accuracy",
                    "metrics": {"val_accuracy": val}}, f)
+    with open(os.path.join(path, layout.SAVED_MODEL_FILE), "w") as f:
+        f.write("stand-in" if plan["loadable"] else UNLOADABLE)
 result = records.Result(
     job_name=job.metadata.name, best_epoch=total, metric="val_accuracy",
     validation={"val_accuracy": val, "val_loss": 1.0 / total},
@@ -83,16 +88,24 @@ finish(records.EXIT_SUCCEEDED, json.dumps(result.document()))
 """
 
 SERVER = r"""
-import argparse, http.server, os
-from kubetrain.trainer.api import entrypoints
+import argparse, http.server, os, pathlib, sys
+from kubetrain.trainer.api import entrypoints, layout
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir"); parser.add_argument("--port", type=int)
+parser.add_argument(entrypoints.CHECK_ONLY_FLAG, action="store_true")
 args = parser.parse_args()
-version_dir = os.path.join(args.model_dir, os.environ[entrypoints.MODEL_VERSION_ENV])
+version = int(os.environ[entrypoints.MODEL_VERSION_ENV])
+if args.check_only:  # the real check: it needs no TensorFlow
+    from kubetrain.trainer.server.model import check
+    sys.exit(check(pathlib.Path(args.model_dir), version))
+saved_model = os.path.join(args.model_dir, str(version), layout.SAVED_MODEL_FILE)
+
+def loadable():
+    return os.path.isfile(saved_model) and open(saved_model).read() != UNLOADABLE
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        ok = self.path == "/healthz" or (self.path == "/readyz" and os.path.isdir(version_dir))
+        ok = self.path == "/healthz" or (self.path == "/readyz" and loadable())
         self.send_response(200 if ok else 503)
         self.end_headers()
         self.wfile.write(b"ok" if ok else b"model version not found")
@@ -107,6 +120,7 @@ def worker_command(
     version: int = 1,
     stop: dict[str, Any] | None = None,
     export: bool = True,
+    loadable: bool = True,
 ) -> list[str]:
     """python3 running WORKER with its plan.
 
@@ -119,9 +133,10 @@ def worker_command(
         "version": version,
         "stop": stop,
         "export": export,
+        "loadable": loadable,
     }
-    return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{WORKER}"]
+    return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{UNLOADABLE}{WORKER}"]
 
 
 def server_command() -> list[str]:
-    return ["python3", "-c", SERVER]
+    return ["python3", "-c", UNLOADABLE + SERVER]

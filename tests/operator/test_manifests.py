@@ -150,6 +150,7 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
         "exitCode": 137,
         "message": "killed",
         "reason": "OOMKilled",
+        "created": None,
         "deletionTimestamp": None,
     }
     evicted = {
@@ -170,7 +171,8 @@ def test_every_pod_the_operator_creates_meets_pod_security_restricted():
     the end-to-end story runs in a namespace where the API server enforces them."""
     spec = job(body(promotion={"deployment": "mnist-serving"})).spec
     server = serving.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
-    for pod in [pods(body())[0]["spec"], server]:
+    check = serving.model_check_pod(body(), spec, 1)["spec"]
+    for pod in [pods(body())[0]["spec"], server, check]:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {next(iter(set(v) - {"name"})) for v in pod["volumes"]} <= {

@@ -349,12 +349,23 @@ def serving_version(ns: Kubectl) -> str:
     return next(e["value"] for e in env if e["name"] == "MODEL_VERSION")
 
 
-def promote(ns: Kubectl, name: str, version: int, val_accuracy: float, export: bool = True) -> dict:
+def promote(
+    ns: Kubectl,
+    name: str,
+    version: int,
+    val_accuracy: float,
+    export: bool = True,
+    loadable: bool = True,
+) -> dict:
     """Train (stand-in) and promote one model; returns the finished TrainingJob."""
     with operator(
         ns,
         worker_command(
-            epoch_seconds=0.5, val_accuracy=val_accuracy, version=version, export=export
+            epoch_seconds=0.5,
+            val_accuracy=val_accuracy,
+            version=version,
+            export=export,
+            loadable=loadable,
         ),
     ):
         ns.apply(
@@ -411,8 +422,21 @@ def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_o
     assert condition(worse, "Promoted")["reason"] == "NotBetter"
     assert serving_version(ns) == "2"
 
-    # A better score whose model the server cannot load: never ready, rolled back.
-    broken = promote(ns, "broken", version=4, val_accuracy=0.99, export=False)
+    # A better score whose version is not in the storage: the model-check pod finds it
+    # missing before the Deployment is touched, and is gone afterwards.
+    before = ns.json("get", "deployment", "digits-serving")["metadata"]["generation"]
+    missing = promote(ns, "missing", version=4, val_accuracy=0.99, export=False)
+    assert missing["status"]["phase"] == "Succeeded", missing["status"]
+    promoted = condition(missing, "Promoted")
+    assert promoted["reason"] == "ModelNotFound", promoted
+    assert "version 4 not found" in promoted["message"], promoted
+    assert ns.json("get", "deployment", "digits-serving")["metadata"]["generation"] == before
+    assert serving_version(ns) == "2"
+    assert not ns.json("get", "pods", "-l", "kubetrain.io/role=model-check")["items"]
+    assert [r for r, _ in events(ns, "missing")].count("CheckingModel") == 1
+
+    # A better score whose complete export the server cannot load: never ready, rolled back.
+    broken = promote(ns, "broken", version=5, val_accuracy=0.99, loadable=False)
     assert broken["status"]["phase"] == "Succeeded", broken["status"]
     promoted = condition(broken, "Promoted")
     assert promoted["reason"] == "RolloutFailed", promoted

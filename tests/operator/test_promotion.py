@@ -169,8 +169,24 @@ def promoted(step: promotion.PromotionPlan) -> dict:
     return get_condition(step.status["conditions"], "Promoted")
 
 
-def decide(status: dict, dep: dict | None, now: datetime = T0) -> promotion.PromotionPlan:
-    return promotion.plan(SPEC, "ml", "uid-new", status, dep, now)
+def model_check(phase: str = "Succeeded", message: str = "", created: str = "") -> dict:
+    """The model-check pod as the handler summarizes it."""
+    return {
+        "name": "mnist-model-check",
+        "phase": phase,
+        "exitCode": {"Succeeded": 0, "Failed": 2}.get(phase),
+        "message": message,
+        "created": created or "2025-01-01T12:00:00Z",
+    }
+
+
+def decide(
+    status: dict, dep: dict | None, now: datetime = T0, check: dict | None = None
+) -> promotion.PromotionPlan:
+    """One promotion tick; the model-check pod found the version complete unless `check`."""
+    return promotion.plan(
+        SPEC, "ml", "uid-new", status, dep, now, check=check or model_check("Succeeded")
+    )
 
 
 def test_a_result_without_a_model_is_not_promoted():
@@ -204,7 +220,9 @@ def test_the_first_model_creates_the_service_and_the_deployment_pinned_to_it():
 
 def test_the_first_model_fences_its_pods_before_anything_can_reach_them():
     access = serving.Access([{"podSelector": {"matchLabels": {"app": "frontend"}}}], "monitoring")
-    step = promotion.plan(SPEC, "ml", "uid-new", succeeded(version=1), None, T0, None, access)
+    step = promotion.plan(
+        SPEC, "ml", "uid-new", succeeded(version=1), None, T0, None, access, model_check()
+    )
     policy, _, dep = step.create
     assert [o["kind"] for o in step.create] == ["NetworkPolicy", "Service", "Deployment"]
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -361,3 +379,75 @@ def test_a_served_metric_that_is_not_a_number_is_not_compared():
     )
     assert (verdict.promote, verdict.reason) == (False, "NotComparable")
     assert "'high'" in verdict.message
+
+
+# --- the model-check pod: the version must be complete in storage before any rollout -------
+
+
+def test_a_model_that_passed_the_gate_is_checked_in_storage_before_anything_is_touched():
+    step = promotion.plan(SPEC, "ml", "uid-new", succeeded(version=4), serving_deployment(3), T0)
+    assert step.check == 4
+    assert (step.create, step.patch, step.remove, step.status) == ([], None, False, {})
+    assert step.events == [
+        ("Normal", "CheckingModel", "checking that mnist version 4 is complete in storage")
+    ]
+
+
+def test_a_model_the_gate_refuses_is_not_checked():
+    step = promotion.plan(
+        SPEC, "ml", "uid-new", succeeded(version=4, value=0.5), serving_deployment(3), T0
+    )
+    assert step.check is None
+    assert promoted(step)["reason"] == Reason.NOT_BETTER
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Running"])
+def test_a_check_under_way_changes_nothing(phase: str):
+    step = decide(succeeded(version=4), serving_deployment(3), check=model_check(phase))
+    assert step == promotion.PromotionPlan()
+
+
+def test_a_version_missing_from_storage_is_never_rolled_out():
+    missing = "error: version 4 not found in /models/mnist (available: [3])"
+    step = decide(succeeded(version=4), serving_deployment(3), check=model_check("Failed", missing))
+    assert step.status["phase"] == Phase.SUCCEEDED
+    assert promoted(step)["status"] == "False"
+    assert promoted(step)["reason"] == Reason.MODEL_NOT_FOUND
+    assert promoted(step)["message"] == f"mnist version 4 cannot be served: {missing}"
+    assert step.events[0][:2] == ("Warning", "ModelNotFound")
+    assert (step.create, step.patch, step.remove, step.remove_check) == ([], None, False, True)
+
+
+def test_a_check_that_never_runs_ends_promotion_after_the_progress_deadline():
+    stuck = model_check("Pending", created="2025-01-01T12:00:00Z")
+    deadline = SPEC.promotion.progress_deadline_seconds
+    on_time = decide(succeeded(), serving_deployment(3), T0 + timedelta(seconds=deadline), stuck)
+    assert on_time == promotion.PromotionPlan()
+    late = decide(succeeded(), serving_deployment(3), T0 + timedelta(seconds=deadline + 1), stuck)
+    assert promoted(late)["reason"] == Reason.MODEL_CHECK_TIMED_OUT
+    assert "mnist-model-check: Pending" in promoted(late)["message"]
+    assert late.remove_check and late.patch is None
+
+
+def test_a_checked_model_is_rolled_out_and_its_check_pod_removed():
+    step = decide(succeeded(version=4, value=0.98), serving_deployment(3, value=0.97))
+    assert served_version(strategic_merge(serving_deployment(3), step.patch)) == 4
+    assert step.remove_check and step.check is None
+
+
+def test_the_check_pod_is_the_serving_pod_run_once_with_check_only():
+    b = body(promotion={"deployment": "mnist-serving"})
+    spec = job(b).spec
+    pod = serving.model_check_pod(b, spec, 4)
+    served = serving.deployment(spec, "ml", 4, {})["spec"]["template"]["spec"]
+    (server,) = served["containers"]
+    (checker,) = pod["spec"]["containers"]
+    assert checker["command"] == [*server["command"], "--check-only"]
+    assert (checker["image"], checker["env"]) == (server["image"], server["env"])
+    assert checker["volumeMounts"] == server["volumeMounts"]
+    assert pod["spec"]["volumes"] == served["volumes"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "readinessProbe" not in checker and "ports" not in checker
+    assert pod["metadata"]["name"] == "mnist-model-check"
+    assert pod["metadata"]["labels"]["kubetrain.io/role"] == "model-check"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -169,6 +170,7 @@ def test_a_version_that_cannot_be_loaded_exits_non_zero(tmp_path):
     broken = tmp_path / "mnist" / "1"
     broken.mkdir(parents=True)
     (broken / "metadata.json").write_text('{"classNames": []}')
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
     result = subprocess.run(
         [
             sys.executable,
@@ -187,3 +189,54 @@ def test_a_version_that_cannot_be_loaded_exits_non_zero(tmp_path):
     )
     assert result.returncode == 1
     assert "cannot load mnist version 1" in result.stderr
+
+
+CHECK = """
+import sys
+from kubetrain.trainer.cli import main
+code = main(sys.argv[1:])
+print("tensorflow imported:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def check_only(model_dir, version: str) -> subprocess.CompletedProcess[str]:
+    """`kubetrain serve --check-only`, as the operator's model-check pod runs it."""
+    return subprocess.run(
+        [sys.executable, "-c", CHECK, "serve", "--model-dir", str(model_dir), "--check-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MODEL_VERSION": version},
+    )
+
+
+def test_check_only_passes_a_complete_version_without_loading_tensorflow(exported):
+    result = check_only(exported.model_dir, "2")
+    assert result.returncode == 0, result.stderr
+    assert f"version 2 in {exported.model_dir} is complete" in result.stdout
+    assert "tensorflow imported: False" in result.stdout
+
+
+def test_check_only_names_a_version_missing_from_storage(exported):
+    result = check_only(exported.model_dir, "7")
+    assert result.returncode == 2
+    assert f"version 7 not found in {exported.model_dir} (available: [1, 2])" in result.stderr
+
+
+def test_an_incomplete_version_is_refused_by_name_before_tensorflow_sees_it(tmp_path):
+    """Files removed from an export: the check and the server both name what is missing."""
+    incomplete = tmp_path / "mnist" / "3"
+    (incomplete / "variables").mkdir(parents=True)
+    (incomplete / "metadata.json").write_text("{}")
+    result = check_only(incomplete.parent, "3")
+    assert result.returncode == 2
+    assert "version 3 in" in result.stderr and "is incomplete: no saved_model.pb" in result.stderr
+    served = subprocess.run(
+        [sys.executable, "-m", "kubetrain.trainer.server", "--model-dir", str(incomplete.parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 2
+    assert "is incomplete: no saved_model.pb" in served.stderr

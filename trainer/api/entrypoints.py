@@ -35,5 +35,9 @@ MODEL_DIR_FLAG = "--model-dir"
 """The model server's flag for `<model_root>/<name>`: what a serving Deployment serves."""
 
 
+CHECK_ONLY_FLAG = "--check-only"
+"""The model server's flag to check that its version is complete in storage, then exit."""
+
+
 def serve_arguments(model_dir: str, port: int = SERVER_PORT) -> list[str]:
     return [MODEL_DIR_FLAG, model_dir, "--port", str(port)]

@@ -15,6 +15,9 @@ from pathlib import Path
 RESULT_FILE = "result.json"
 METADATA_FILE = "metadata.json"
 """What the trainer records beside each exported SavedModel (class names, metrics, ...)."""
+SAVED_MODEL_FILE = "saved_model.pb"
+VERSION_FILES = (SAVED_MODEL_FILE, METADATA_FILE)
+"""The files every complete version directory holds."""
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -47,6 +50,11 @@ def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def missing_files(version_dir: Path) -> list[str]:
+    """Which of `VERSION_FILES` a version directory lacks (all of them if it is not there)."""
+    return [name for name in VERSION_FILES if not (version_dir / name).is_file()]
 
 
 def job_workdir(mount_path: str, job: str) -> str:

@@ -14,9 +14,15 @@ from .config import add_serve_arguments
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     from .config import ServerSettings
+
+    settings = ServerSettings.from_args(args)
+    if settings.check_only:
+        from .model import check
+
+        return check(settings.model_dir, settings.model_version)
     from .lifecycle import run
 
-    return run(ServerSettings.from_args(args))
+    return run(settings)
 
 
 __all__ = ["add_serve_arguments", "serve"]

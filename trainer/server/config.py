@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.entrypoints import MODEL_DIR_FLAG, MODEL_VERSION_ENV, SERVER_PORT
+from ..api.entrypoints import CHECK_ONLY_FLAG, MODEL_DIR_FLAG, MODEL_VERSION_ENV, SERVER_PORT
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_CONCURRENT_REQUESTS = 64
@@ -36,6 +36,7 @@ class ServerSettings:
     drain_timeout: float = 20.0
     access_log: bool = False
     log_level: str = "info"
+    check_only: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerSettings:
@@ -60,6 +61,7 @@ class ServerSettings:
             drain_timeout=args.drain_timeout,
             access_log=args.access_log,
             log_level=args.log_level,
+            check_only=args.check_only,
         )
 
 
@@ -118,6 +120,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_version,
         default=os.environ.get(MODEL_VERSION_ENV, ""),
         help=f"serve this version instead of the highest one (default: env {MODEL_VERSION_ENV})",
+    )
+    parser.add_argument(
+        CHECK_ONLY_FLAG,
+        action="store_true",
+        help="only check that the version to serve is complete, then exit: 0 if it is, "
+        "2 naming what is missing (the operator runs this before a rollout)",
     )
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..api.layout import METADATA_FILE, SIGNATURE_NAME, versions
+from ..api.layout import METADATA_FILE, SIGNATURE_NAME, missing_files, versions
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +26,38 @@ class ModelNotFound(RuntimeError):
 
 
 def choose_version(model_dir: Path, pinned: int | None) -> int:
-    """The pinned version if it exists, else the highest; raises `ModelNotFound`."""
+    """The pinned version if it exists, else the highest; raises `ModelNotFound`.
+
+    The chosen directory must hold every file of a complete export, so a version someone
+    removed files from is refused here, by name, rather than failing deep inside TensorFlow.
+    """
     found = versions(model_dir)
-    if pinned is not None:
-        if pinned not in found:
-            raise ModelNotFound(
-                f"version {pinned} not found in {model_dir} (available: {found or 'none'})"
-            )
-        return pinned
+    if pinned is not None and pinned not in found:
+        raise ModelNotFound(
+            f"version {pinned} not found in {model_dir} (available: {found or 'none'})"
+        )
     if not found:
         raise ModelNotFound(f"no model version directory in {model_dir}")
-    return found[-1]
+    version = found[-1] if pinned is None else pinned
+    if missing := missing_files(model_dir / str(version)):
+        raise ModelNotFound(
+            f"version {version} in {model_dir} is incomplete: no {', '.join(missing)}"
+        )
+    return version
+
+
+def check(model_dir: Path, pinned: int | None) -> int:
+    """`kubetrain serve --check-only`: exit 0 if the version to serve is complete, else 2.
+
+    Without TensorFlow, so it answers in a second; what it prints is the pod's last words.
+    """
+    try:
+        version = choose_version(model_dir, pinned)
+    except ModelNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"version {version} in {model_dir} is complete")
+    return 0
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,11 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
   resources: ["trainingjobs/finalizers"]
   verbs: ["update"]
 # Worker pods: one watch feeds kopf's index, a list confirms a pod is really gone,
-# created per attempt and deleted on restart and cleanup.
+# created per attempt and deleted on restart and cleanup. A job's model-check pod is
+# created, read back for its answer and deleted before promotion.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Progress comes from the chief's last log lines (workers get no API token).
 - apiGroups: [""]
   resources: ["pods/log"]
