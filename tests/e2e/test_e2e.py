@@ -490,7 +490,7 @@ def training_job(name: str) -> dict:
     """Long enough to be interrupted mid-training; its model is not promoted."""
     return mnist_job(
         name,
-        epochs=4,
+        epochs=6,  # room for both faults between epochs on a fast machine
         limit=FIRST_LIMIT,
         model={"architecture": "mnist-dense", "name": "mnist-scratch"},
         promotion={"enabled": False},
@@ -499,8 +499,10 @@ def training_job(name: str) -> dict:
 
 
 def mid_training(status: dict) -> bool:
-    """An epoch is done and the job is still training: the moment to interrupt it."""
-    return status.get("phase") == "Running" and (status.get("epoch") or 0) >= 1
+    """An epoch is done and another is to come: the moment to interrupt it. (After the last
+    epoch the job still reads Running while the chief evaluates and exports.)"""
+    epoch = status.get("epoch") or 0
+    return status.get("phase") == "Running" and 1 <= epoch < (status.get("totalEpochs") or 0)
 
 
 def assert_interrupted_then_succeeded(run: Run, killed: list[dict]) -> None:
