@@ -16,8 +16,10 @@ from typing import Any
 from kubetrain.trainer.api import tfconfig
 from kubetrain.trainer.api.entrypoints import (
     ATTEMPT_ENV,
+    DATA_CACHE_ENV,
     JOB_ENV,
     WORKER_COMMAND,
+    s3_environment,
     worker_arguments,
 )
 from kubetrain.trainer.api.layout import job_workdir, model_root
@@ -107,10 +109,32 @@ def job_document(job: TrainingJob) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
+def storage_root(spec: TrainingJobSpec) -> str:
+    """Where pods find the job's storage: its object store, or the volume's mount."""
+    return spec.storage.uri or spec.storage.mount_path
+
+
 def storage_paths(spec: TrainingJobSpec, job: str) -> tuple[str, str]:
-    """(workdir, model root) on the storage volume."""
-    mount = spec.storage.mount_path
-    return job_workdir(mount, job), model_root(mount)
+    """(workdir, model root) in the job's storage."""
+    root = storage_root(spec)
+    return job_workdir(root, job), model_root(root)
+
+
+DATA_CACHE = "/tmp/kubetrain-data"
+"""Where a worker caches a remote dataset: the scratch volume (the root is read-only)."""
+
+
+def store_access(spec: TrainingJobSpec) -> dict[str, Any]:
+    """Container fields that reach the job's object store: its S3 settings as the standard
+    variables, and the Secret it names as environment (the operator never reads it). None
+    without an object store."""
+    if not spec.storage.uri:
+        return {"env": []}
+    env = [{"name": k, "value": v} for k, v in s3_environment(spec.storage.s3).items()]
+    fields: dict[str, Any] = {"env": env}
+    if spec.storage.secret_name:
+        fields["envFrom"] = [{"secretRef": {"name": spec.storage.secret_name}}]
+    return fields
 
 
 def owned_metadata(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -180,12 +204,15 @@ def worker_pod(
     name = job.metadata.name
     namespace = body["metadata"]["namespace"]
     workdir, models = storage_paths(spec, name)
-    if spec.storage.claim_name:
-        storage = {"persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
-    else:  # a quick trial: checkpoints do not outlive the pods
-        storage = {"emptyDir": {}}
-    volumes = [{"name": "storage", **storage}, copy.deepcopy(SCRATCH_VOLUME)]
-    mounts = [{"name": "storage", "mountPath": spec.storage.mount_path}, dict(SCRATCH_MOUNT)]
+    volumes, mounts = [copy.deepcopy(SCRATCH_VOLUME)], [dict(SCRATCH_MOUNT)]
+    if not spec.storage.uri:  # an object store needs no volume
+        if spec.storage.claim_name:
+            storage = {"persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
+        else:  # a quick trial: checkpoints do not outlive the pods
+            storage = {"emptyDir": {}}
+        volumes.insert(0, {"name": "storage", **storage})
+        mounts.insert(0, {"name": "storage", "mountPath": spec.storage.mount_path})
+    access = store_access(spec)
     if spec.storage.data_claim_name:
         volumes.append(
             {
@@ -210,7 +237,10 @@ def worker_pod(
             {"name": JOB_ENV, "value": job_document(job)},
             {"name": ATTEMPT_ENV, "value": str(attempt)},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": DATA_CACHE_ENV, "value": DATA_CACHE},
+            *access["env"],
         ],
+        **({"envFrom": access["envFrom"]} if "envFrom" in access else {}),
         "ports": [{"name": "tf", "containerPort": WORKER_PORT}],
         "resources": container_resources(spec.workers.resources),
         "volumeMounts": mounts,

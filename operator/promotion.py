@@ -276,7 +276,7 @@ def plan(
                 serving.deployment(spec, namespace, version, new, command),
             ]
         else:
-            step.patch = serving.version_patch(version, new)
+            step.patch = serving.version_patch(spec, version, new)
             # Applied only to the Deployment the gate read: a promotion that raced this
             # one gets a 409 and the next tick gates against what it served.
             step.patch["metadata"]["resourceVersion"] = deployment["metadata"]["resourceVersion"]
@@ -336,7 +336,7 @@ def follow(
     if previous is not None:
         annotations = deployment["metadata"].get("annotations") or {}
         message = f"{detail}; {name} rolled back to version {previous}"
-        patch = serving.version_patch(previous, serving.restored_annotations(annotations))
+        patch = serving.version_patch(spec, previous, serving.restored_annotations(annotations))
         remove = False
     else:  # it never served anything else: remove it rather than leave it broken
         message = f"{detail}; {name} removed (it had no earlier version)"

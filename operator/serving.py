@@ -20,13 +20,17 @@ from kubetrain.operator.manifests import (
     SCRATCH_VOLUME,
     container_resources,
     owned_metadata,
+    storage_root,
+    store_access,
 )
 from kubetrain.trainer.api.entrypoints import (
     CHECK_ONLY_FLAG,
     MODEL_DIR_FLAG,
     MODEL_VERSION_ENV,
+    PULL_COMMAND,
     SERVE_COMMAND,
     SERVER_PORT,
+    pull_arguments,
     serve_arguments,
 )
 from kubetrain.trainer.api.layout import model_dir
@@ -47,6 +51,10 @@ PROBE_TIMEOUT_SECONDS = 3
 """The server answers probes off its busy paths; this covers a node short of CPU, where the
 kubelet's default of 1 s would drop a loaded but healthy pod from its Service."""
 ROLE_MODEL_CHECK = "model-check"
+PULL_CONTAINER = "model"
+MODELS_VOLUME = "models"
+MODELS_MOUNT = "/models"
+"""With an object store: where the pull init container puts the version the server loads."""
 MODEL_CHECK_RESOURCES = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
     "limits": {"memory": "256Mi"},
@@ -90,60 +98,101 @@ def served_annotations(
     }
 
 
+def _model_access(spec: TrainingJobSpec) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Where the server reads its model from: (model directory, volumes, mounts).
+
+    The claim, mounted read-only; or, with an object store, an emptyDir the pull init
+    container fills with the pinned version (`pull_container`).
+    """
+    if spec.storage.uri:
+        volume = {"name": MODELS_VOLUME, "emptyDir": {}}
+        mount = {"name": MODELS_VOLUME, "mountPath": MODELS_MOUNT, "readOnly": True}
+        return f"{MODELS_MOUNT}/{spec.model_name}", [volume], [mount]
+    claim = {"claimName": spec.storage.claim_name, "readOnly": True}
+    volume = {"name": "storage", "persistentVolumeClaim": claim}
+    mount = {"name": "storage", "mountPath": spec.storage.mount_path, "readOnly": True}
+    return model_dir(spec.storage.mount_path, spec.model_name), [volume], [mount]
+
+
+def _container(
+    spec: TrainingJobSpec, name: str, command: list[str], version: int
+) -> dict[str, Any]:
+    """A container of the trainer image pinned to `version`, reaching the job's store."""
+    access = store_access(spec)
+    container: dict[str, Any] = {
+        "name": name,
+        "image": spec.workers.image,
+        "imagePullPolicy": spec.workers.image_pull_policy,
+        "command": command,
+        "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}, *access["env"]],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+    }
+    if "envFrom" in access:
+        container["envFrom"] = access["envFrom"]
+    return container
+
+
+def pull_container(spec: TrainingJobSpec, version: int) -> dict[str, Any]:
+    """The init container that copies the pinned version out of the object store."""
+    served_dir, _, _ = _model_access(spec)
+    source = model_dir(storage_root(spec), spec.model_name)
+    container = _container(
+        spec, PULL_CONTAINER, [*PULL_COMMAND, *pull_arguments(source, served_dir)], version
+    )
+    container["resources"] = copy.deepcopy(MODEL_CHECK_RESOURCES)
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    container["volumeMounts"] = [
+        {"name": MODELS_VOLUME, "mountPath": MODELS_MOUNT},
+        dict(SCRATCH_MOUNT),
+    ]
+    return container
+
+
 def _pod_spec(spec: TrainingJobSpec, version: int, command: list[str] | None) -> dict[str, Any]:
     """The model server's pod, pinned to `version`: what a serving Deployment runs."""
+    served_dir, volumes, mounts = _model_access(spec)
     probe = {
         "httpGet": {"path": "/readyz", "port": SERVER_PORT},
         "periodSeconds": 2,
         "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
         "failureThreshold": 3,
     }
-    server = {
-        "name": SERVER_CONTAINER,
-        "image": spec.workers.image,
-        "imagePullPolicy": spec.workers.image_pull_policy,
-        "command": [
-            *(command or SERVE_COMMAND),
-            *serve_arguments(model_dir(spec.storage.mount_path, spec.model_name)),
-        ],
-        "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-        "readinessProbe": probe,
-        # Loading TensorFlow and the model can take a minute on a busy node: liveness
-        # starts once the server is up, not on a timer.
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-            "periodSeconds": 2,
-            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-            "failureThreshold": 150,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": SERVER_PORT},
-            "periodSeconds": 10,
-            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-            "failureThreshold": 3,
-        },
-        "resources": container_resources(spec.promotion.resources),
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [
-            {"name": "storage", "mountPath": spec.storage.mount_path, "readOnly": True},
-            dict(SCRATCH_MOUNT),
-        ],
-    }
-    return {
+    server = _container(
+        spec, SERVER_CONTAINER, [*(command or SERVE_COMMAND), *serve_arguments(served_dir)], version
+    )
+    server.update(
+        {
+            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+            "readinessProbe": probe,
+            # Loading TensorFlow and the model can take a minute on a busy node: liveness
+            # starts once the server is up, not on a timer.
+            "startupProbe": {
+                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+                "periodSeconds": 2,
+                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+                "failureThreshold": 150,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": SERVER_PORT},
+                "periodSeconds": 10,
+                "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+                "failureThreshold": 3,
+            },
+            "resources": container_resources(spec.promotion.resources),
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+            "volumeMounts": [*mounts, dict(SCRATCH_MOUNT)],
+        }
+    )
+    pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [server],
-        "volumes": [
-            {
-                "name": "storage",
-                "persistentVolumeClaim": {"claimName": spec.storage.claim_name, "readOnly": True},
-            },
-            copy.deepcopy(SCRATCH_VOLUME),
-        ],
+        "volumes": [*volumes, copy.deepcopy(SCRATCH_VOLUME)],
     }
+    if spec.storage.uri:
+        pod["initContainers"] = [pull_container(spec, version)]
+    return pod
 
 
 def deployment(
@@ -191,20 +240,34 @@ def model_check_pod(
 ) -> dict[str, Any]:
     """A pod that checks `version` is complete in storage before any serving pod is touched.
 
-    The serving pod itself, with its image, command, volume and version, run once with
-    `--check-only`: it sees exactly what the new serving pods would see. Owned by the job.
+    The model server of the serving pods (same image, command, storage and version), run
+    once with `--check-only`: on a claim it sees the volume the new serving pods would see;
+    with an object store it asks the store directly, as their pull would.
     """
-    pod_spec = _pod_spec(spec, version, command)
-    server = pod_spec["containers"][0]
-    for key in ("ports", "readinessProbe", "startupProbe", "livenessProbe", "lifecycle"):
-        del server[key]
-    server["command"].append(CHECK_ONLY_FLAG)
-    server["resources"] = copy.deepcopy(MODEL_CHECK_RESOURCES)
+    if spec.storage.uri:
+        source, volumes, mounts = model_dir(spec.storage.uri, spec.model_name), [], []
+    else:
+        source, volumes, mounts = _model_access(spec)
+    checker = _container(
+        spec,
+        SERVER_CONTAINER,
+        [*(command or SERVE_COMMAND), *serve_arguments(source), CHECK_ONLY_FLAG],
+        version,
+    )
+    checker["resources"] = copy.deepcopy(MODEL_CHECK_RESOURCES)
     # What it prints on failure is the pod's termination message, which the operator reports.
-    server["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    pod_spec["restartPolicy"] = "Never"
+    checker["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    checker["volumeMounts"] = [*mounts, dict(SCRATCH_MOUNT)]
     metadata = owned_metadata(body, model_check_pod_name(body["metadata"]["name"]))
     metadata["labels"][LABEL_ROLE] = ROLE_MODEL_CHECK
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "restartPolicy": "Never",
+        "containers": [checker],
+        "volumes": [*volumes, copy.deepcopy(SCRATCH_VOLUME)],
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
@@ -221,22 +284,18 @@ def restored_annotations(served: dict[str, str]) -> dict[str, str | None]:
     }
 
 
-def version_patch(version: int, annotations: dict[str, str | None]) -> dict[str, Any]:
-    """Strategic merge patch that changes the served version and nothing else in the pods."""
+def version_patch(
+    spec: TrainingJobSpec, version: int, annotations: dict[str, str | None]
+) -> dict[str, Any]:
+    """Strategic merge patch that changes the served version and nothing else in the pods
+    (in the server and, with an object store, in the init container that pulls it)."""
+    pinned = [{"name": MODEL_VERSION_ENV, "value": str(version)}]
+    template: dict[str, Any] = {"containers": [{"name": SERVER_CONTAINER, "env": pinned}]}
+    if spec.storage.uri:
+        template["initContainers"] = [{"name": PULL_CONTAINER, "env": copy.deepcopy(pinned)}]
     return {
         "metadata": {"annotations": annotations},
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": SERVER_CONTAINER,
-                            "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
-                        }
-                    ]
-                }
-            }
-        },
+        "spec": {"template": {"spec": template}},
     }
 
 
@@ -304,13 +363,19 @@ def _server(dep: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_source(dep: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(claim, model directory) the Deployment's server loads its versions from."""
-    command = _server(dep).get("command") or []
+    """(claim, model directory) the Deployment's server loads its versions from; with an
+    object store, (None, the store directory its init container pulls from)."""
+    pod = dep["spec"]["template"]["spec"]
     flag = MODEL_DIR_FLAG
+    reader = next(
+        (c for c in pod.get("initContainers") or [] if c.get("name") == PULL_CONTAINER),
+        _server(dep),
+    )
+    command = reader.get("command") or []
     directory = command[command.index(flag) + 1] if flag in command[:-1] else None
     claims = [
         v["persistentVolumeClaim"].get("claimName")
-        for v in dep["spec"]["template"]["spec"].get("volumes") or []
+        for v in pod.get("volumes") or []
         if v.get("name") == "storage" and "persistentVolumeClaim" in v
     ]
     return (claims[0] if claims else None), directory
@@ -319,15 +384,18 @@ def model_source(dep: dict[str, Any]) -> tuple[str | None, str | None]:
 def other_model(spec: TrainingJobSpec, dep: dict[str, Any]) -> str | None:
     """Why the Deployment cannot serve this job's model, if it serves another one.
 
-    Promotion changes only the version, so a Deployment reading another claim or model
-    directory would go on serving that model under this job's version number.
+    Promotion changes only the version, so a Deployment reading another claim, store or
+    model directory would go on serving that model under this job's version number.
     """
     claim, directory = model_source(dep)
-    wanted = (spec.storage.claim_name, model_dir(spec.storage.mount_path, spec.model_name))
+    wanted = (spec.storage.claim_name, model_dir(storage_root(spec), spec.model_name))
     if (claim, directory) == wanted:
         return None
+
+    def where(claim: str | None, directory: str | None) -> str:
+        return f"{directory} from claim {claim}" if claim else str(directory)
+
     return (
-        f"Deployment {spec.serving_deployment} serves {directory} from claim {claim}, "
-        f"not this job's {wanted[1]} from claim {wanted[0]}; set spec.promotion.deployment "
-        "to a Deployment of its own"
+        f"Deployment {spec.serving_deployment} serves {where(claim, directory)}, not this "
+        f"job's {where(*wanted)}; set spec.promotion.deployment to a Deployment of its own"
     )

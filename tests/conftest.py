@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from datasets import write_mnist
+from s3server import S3Server
 
 pytest_plugins = ["kubecluster", "charttools"]
 
@@ -28,3 +30,11 @@ def job_document(tiny_mnist: Path) -> dict:
             "workers": {"replicas": 2},
         },
     }
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (versitygw) on loopback for the session; its data and log stay in
+    pytest's temporary directory for a look after a failure."""
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

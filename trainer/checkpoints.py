@@ -1,22 +1,21 @@
 """Per-epoch checkpoints with their validation metrics, and choosing the best one.
 
-`<workdir>/checkpoints/epoch-0003/` holds the weights and `metrics.json`. It is written under
-a hidden temporary name and renamed into place, so a directory with the final name is always
-complete: a crash mid-write leaves only a hidden directory that is never taken for a good one.
+`<checkpoints>/epoch-0003/` holds the weights and `metrics.json`, in a `Store` (a directory or
+an object-store prefix). It is written locally, then published with `metrics.json` as its
+marker: a rename on a local disk, the marker uploaded last in an object store. A checkpoint
+without its metrics file is never listed, so a crash mid-write is never taken for a good one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .api.metrics import lower_is_better
+from .storage import Store
 
 METRICS_FILE = "metrics.json"
 WEIGHTS_PREFIX = "weights"
@@ -25,52 +24,53 @@ WEIGHTS_PREFIX = "weights"
 @dataclass(frozen=True)
 class Checkpoint:
     epoch: int
-    path: Path
+    name: str
+    """Its directory's name in the store."""
+    uri: str
     metrics: dict[str, float]
 
-    @property
-    def weights(self) -> Path:
-        return self.path / WEIGHTS_PREFIX
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
 
 
-def checkpoint_dir(root: Path, epoch: int) -> Path:
-    return root / f"epoch-{epoch:04d}"
+def publish(store: Store, staging: Path, epoch: int, metrics: dict[str, Any]) -> Checkpoint:
+    """Add the metrics to a fully written staging dir (`store.scratch`) and publish it.
 
-
-def staging_dir(root: Path) -> Path:
-    """A hidden directory to write a checkpoint into before it is published."""
-    root.mkdir(parents=True, exist_ok=True)
-    return root / f".staging-{uuid.uuid4().hex}"
-
-
-def publish(staging: Path, root: Path, epoch: int, metrics: dict[str, Any]) -> Checkpoint:
-    """Add the metrics to a fully written staging dir and rename it to its final name."""
+    An epoch trained again after a restart replaces its earlier copy.
+    """
     clean = {k: float(v) for k, v in metrics.items()}
     (staging / METRICS_FILE).write_text(json.dumps({"epoch": epoch, "metrics": clean}) + "\n")
-    target = checkpoint_dir(root, epoch)
-    if target.exists():
-        # The epoch was trained again after a restart: swap the old copy out first.
-        stale = root / f".stale-{uuid.uuid4().hex}"
-        os.rename(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    os.rename(staging, target)
-    return Checkpoint(epoch=epoch, path=target, metrics=clean)
+    name = checkpoint_name(epoch)
+    store.publish(staging, name, marker=METRICS_FILE, replace=True)
+    return Checkpoint(epoch=epoch, name=name, uri=store.path(name), metrics=clean)
 
 
-def list_checkpoints(root: Path) -> list[Checkpoint]:
-    """Complete checkpoints, by epoch; hidden (unfinished) directories are skipped."""
+def list_checkpoints(store: Store) -> list[Checkpoint]:
+    """Complete checkpoints, by epoch; hidden or unmarked (unfinished) ones are skipped."""
     found = []
-    if not root.is_dir():
-        return found
-    for path in sorted(root.glob("epoch-*")):
+    for name in store.children():
+        if not name.startswith("epoch-"):
+            continue
         try:
-            record = json.loads((path / METRICS_FILE).read_text())
+            record = json.loads(store.read_text(f"{name}/{METRICS_FILE}") or "")
             found.append(
-                Checkpoint(epoch=int(record["epoch"]), path=path, metrics=record["metrics"])
+                Checkpoint(
+                    epoch=int(record["epoch"]),
+                    name=name,
+                    uri=store.path(name),
+                    metrics=record["metrics"],
+                )
             )
-        except (OSError, ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             continue
     return sorted(found, key=lambda c: c.epoch)
+
+
+def weights(store: Store, checkpoint: Checkpoint, local: Path) -> Path:
+    """A local path of the checkpoint's weights, for `model.load_weights` (fetched into
+    `local` from an object store)."""
+    return store.fetch(checkpoint.name, local) / WEIGHTS_PREFIX
 
 
 def best_checkpoint(checkpoints: list[Checkpoint], metric: str) -> Checkpoint:

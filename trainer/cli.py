@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from .api.entrypoints import SERVE, SERVER_PORT, WORKER
+from .api.entrypoints import PULL, SERVE, SERVER_PORT, WORKER
 from .api.spec import SpecError, TrainingJob, load_job
-from .server import add_serve_arguments
+from .server import add_pull_arguments, add_serve_arguments
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,15 +83,19 @@ def next_steps(job_file: str, job: TrainingJob, model_dir: Path) -> str:
 def _worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
-    return run_worker(
-        args.job, Path(args.workdir), Path(args.model_root) if args.model_root else None
-    )
+    return run_worker(args.job, args.workdir, args.model_root)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     return serve(args)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from .server import pull
+
+    return pull(args)
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -130,13 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(WORKER, help="one training worker (TF_CONFIG from the env)")
     worker.add_argument("--job", help="TrainingJob file (default: $KUBETRAIN_JOB as JSON)")
-    worker.add_argument("--workdir", required=True, help="the job's checkpoints and result")
+    worker.add_argument(
+        "--workdir", required=True, help="the job's checkpoints and result: a path or s3:// URI"
+    )
     worker.add_argument("--model-root", help="where models are exported (default: workdir/models)")
     worker.set_defaults(func=_worker)
 
     serve = commands.add_parser(SERVE, help="serve an exported model over REST")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    pull = commands.add_parser(PULL, help="copy one model version out of a store (s3://...)")
+    add_pull_arguments(pull)
+    pull.set_defaults(func=_pull)
     return parser
 
 

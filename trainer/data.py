@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from .api.spec import Dataset, DatasetName, SplitBy
+from .remote import RemoteDataError, RemoteDir, fetch_file, is_remote
 
 
 class DataError(ValueError):
@@ -165,24 +166,25 @@ def _read_chip(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable PNG image: {err}") from None
 
 
-def load_planesnet_folder(directory: Path) -> Source:
-    """Chips named `LABEL__SCENE__LON_LAT.png`, as PlanesNet publishes them."""
-    files = sorted(directory.glob("*.png"))
-    if not files:
-        raise DataError(f"{directory}: no PlanesNet chips (*.png) found")
+def _chip_folder(where: str, names: list[str], local: Callable[[list[str]], list[Path]]) -> Source:
+    """Chips named `LABEL__SCENE__LON_LAT.png`: labels and scenes come from the names, and
+    `local` gives the files of the chips actually read (fetching them if remote)."""
+    chips = sorted(n for n in names if n.endswith(".png"))
+    if not chips:
+        raise DataError(f"{where}: no PlanesNet chips (*.png) found")
     labels, scenes = [], []
-    for path in files:
-        match = PLANESNET_NAME.match(path.name)
+    for name in chips:
+        match = PLANESNET_NAME.match(name)
         if not match:
-            raise DataError(f"{path}: file name is not LABEL__SCENE__LON_LAT.png")
-        labels.append(_check_label(int(match["label"]), str(path)))
+            raise DataError(f"{where}/{name}: file name is not LABEL__SCENE__LON_LAT.png")
+        labels.append(_check_label(int(match["label"]), f"{where}/{name}"))
         scenes.append(match["scene"])
 
     def read(indices: np.ndarray) -> np.ndarray:
-        chips = np.empty((len(indices), PLANESNET_SIZE, PLANESNET_SIZE, 3), dtype=np.uint8)
-        for row, i in enumerate(indices):
-            chips[row] = _read_chip(files[i])
-        return chips
+        pixels = np.empty((len(indices), PLANESNET_SIZE, PLANESNET_SIZE, 3), dtype=np.uint8)
+        for row, path in enumerate(local([chips[i] for i in indices])):
+            pixels[row] = _read_chip(path)
+        return pixels
 
     return Source(
         train=Catalog(labels=np.array(labels, dtype=np.int64), read=read, groups=np.array(scenes)),
@@ -190,6 +192,12 @@ def load_planesnet_folder(directory: Path) -> Source:
         input_shape=(PLANESNET_SIZE, PLANESNET_SIZE, 3),
         class_names=PLANESNET_CLASSES,
     )
+
+
+def load_planesnet_folder(directory: Path) -> Source:
+    """Chips named `LABEL__SCENE__LON_LAT.png`, as PlanesNet publishes them."""
+    names = [p.name for p in directory.glob("*.png")]
+    return _chip_folder(str(directory), names, lambda chosen: [directory / n for n in chosen])
 
 
 def load_planesnet_json(path: Path) -> Source:
@@ -244,12 +252,50 @@ def load_planesnet(source: Path) -> Source:
 
 
 def load_source(dataset: Dataset) -> Source:
+    if is_remote(dataset.source):
+        try:
+            return _load_remote(dataset)
+        except RemoteDataError as err:
+            raise DataError(str(err)) from None
     path = Path(dataset.source).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (spec.dataset.source)")
+    if dataset.sha256:
+        raise DataError("spec.dataset.sha256 is checked on download: give it with a remote source")
     if dataset.name == DatasetName.MNIST:
         return load_mnist(path)
     return load_planesnet(path)
+
+
+def _load_remote(dataset: Dataset) -> Source:
+    """The same formats from `s3://`, `gs://` or `https://`, fetched as they are read."""
+    uri = dataset.source.rstrip("/")
+    if uri.endswith(".json"):
+        return load_planesnet_json(fetch_file(uri, dataset.sha256))
+    if dataset.sha256:
+        raise DataError(f"{uri}: spec.dataset.sha256 applies to a source that is one file")
+    directory = RemoteDir(uri)
+    if dataset.name == DatasetName.MNIST:
+        # Each of the four files, compressed or not; listing is not needed (nor possible
+        # on a plain web server).
+        wanted = []
+        for stem in MNIST_FILES.values():
+            found = next((n for n in (f"{stem}.gz", stem) if directory.exists(n)), None)
+            if found is None:
+                raise DataError(
+                    f"{uri}: missing {stem}.gz (or {stem}); an MNIST directory holds "
+                    f"the four IDX files {', '.join(MNIST_FILES.values())}"
+                )
+            wanted.append(found)
+        directory.local(wanted)
+        return load_mnist(directory.cache)
+    names = directory.names()
+    if "planesnet.json" in names:
+        return load_planesnet_json(fetch_file(directory.child("planesnet.json")))
+    if not any(n.endswith(".png") for n in names) and "planesnet" in names:
+        directory = RemoteDir(directory.child("planesnet"))
+        names = directory.names()
+    return _chip_folder(uri, names, directory.local)
 
 
 # --- Splits and shards ---------------------------------------------------------------------

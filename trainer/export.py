@@ -1,23 +1,22 @@
 """Export a trained model in TensorFlow Serving's layout: `<model_root>/<name>/<version>/`.
 
-A version directory appears only once complete: the SavedModel and its `metadata.json` are
-written to a hidden temporary directory beside it and renamed into place, so a server that
-scans for the highest version never loads a half-written export, and an existing version is
-never overwritten (a concurrent exporter simply takes the next number).
+A version appears only once complete: the SavedModel and its `metadata.json` are written
+locally and published with `metadata.json` as the marker (renamed into place on a local
+disk, uploaded last to an object store), so a server that scans for the highest version never
+loads a half-written export. An existing version is never overwritten: a concurrent exporter
+simply takes the next number.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .api.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, versions
+from .storage import Store
 from .tflib import keras, tf
 
 
@@ -25,7 +24,8 @@ from .tflib import keras, tf
 class ExportedModel:
     name: str
     version: int
-    path: Path
+    path: str
+    """Where the version is: a local path or an object-store URI."""
 
 
 def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
@@ -40,18 +40,16 @@ def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFuncti
 
 
 def export_model(
-    model: keras.Model, model_root: Path, name: str, metadata: dict[str, Any]
+    model: keras.Model, model_root: str | Path, name: str, metadata: dict[str, Any]
 ) -> ExportedModel:
     """Write `model` as the next version of `name` under `model_root` and return where."""
-    model_dir = Path(model_root) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f".export-{uuid.uuid4().hex}"
-    try:
+    models = Store.open(Store.open(model_root).path(name))
+    with models.scratch("0") as staging:
         tf.saved_model.save(
             model, str(staging), signatures={SIGNATURE_NAME: serving_function(model)}
         )
         while True:
-            version = max(versions(model_dir), default=0) + 1
+            version = max(versions(models), default=0) + 1  # taken, complete or not
             record = {
                 **metadata,
                 "modelName": name,
@@ -63,14 +61,5 @@ def export_model(
                 "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             (staging / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            target = model_dir / str(version)
-            try:
-                # Atomic, and refused if another exporter took this number meanwhile.
-                os.rename(staging, target)
-            except OSError:
-                if target.exists():
-                    continue
-                raise
-            return ExportedModel(name=name, version=version, path=target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            if models.publish(staging, str(version), marker=METADATA_FILE):
+                return ExportedModel(name=name, version=version, path=models.path(str(version)))

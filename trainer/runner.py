@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .api.entrypoints import TERMINATION_LOG_ENV, WORKER, worker_arguments
-from .api.layout import RESULT_FILE
+from .api.entrypoints import TERMINATION_LOG_ENV, WORKER, s3_environment, worker_arguments
+from .api.layout import JOBS_DIR, MODELS_DIR, RESULT_FILE
 from .api.records import (
     EXIT_PERMANENT,
     Batch,
@@ -36,6 +36,7 @@ from .api.records import (
 from .api.spec import TrainingJob
 from .api.tfconfig import ENV as TF_CONFIG
 from .api.tfconfig import tf_config
+from .storage import Store, join
 
 
 class JobFailed(RuntimeError):
@@ -106,14 +107,22 @@ class Display:
 class LocalJob:
     """One attempt's worker processes and the records they print."""
 
-    def __init__(self, job_file: Path, workdir: Path, model_root: Path, replicas: int):
+    def __init__(
+        self,
+        job_file: Path,
+        workdir: Path,
+        state: str,
+        model_root: str,
+        replicas: int,
+        storage_env: dict[str, str],
+    ) -> None:
         self.records: queue.Queue[tuple[int, Record]] = queue.Queue()
         self.processes: list[subprocess.Popen[str]] = []
         logs = workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         addresses = [f"localhost:{port}" for port in free_ports(replicas)]
         for index in range(replicas):
-            env = {**os.environ, TF_CONFIG: tf_config(addresses, index)}
+            env = {**os.environ, **storage_env, TF_CONFIG: tf_config(addresses, index)}
             env[TERMINATION_LOG_ENV] = str(logs / f"worker-{index}.termination")
             with open(logs / f"worker-{index}.log", "a") as log:
                 process = subprocess.Popen(
@@ -124,7 +133,7 @@ class LocalJob:
                         WORKER,
                         "--job",
                         str(job_file),
-                        *worker_arguments(str(workdir), str(model_root)),
+                        *worker_arguments(state, model_root),
                     ],
                     stdout=subprocess.PIPE,
                     stderr=log,
@@ -162,27 +171,44 @@ class LocalJob:
             process.wait()
 
 
-def run_local(
-    job: TrainingJob, workdir: Path, model_root: Path | None = None, display: Display | None = None
-) -> Result:
-    """Run the job to the end, restarting all workers on failure; return its result.json."""
+def storage_locations(job: TrainingJob, workdir: Path) -> tuple[str, str]:
+    """(the job's state, the model root): under `spec.storage.uri` when the job names one,
+    as in a cluster, else in the local run directory."""
+    if job.spec.storage.uri:
+        return (
+            join(job.spec.storage.uri, JOBS_DIR, job.metadata.name),
+            join(job.spec.storage.uri, MODELS_DIR),
+        )
+    return str(workdir), str(workdir / MODELS_DIR)
+
+
+def run_local(job: TrainingJob, workdir: Path, display: Display | None = None) -> Result:
+    """Run the job to the end, restarting all workers on failure; return its result.json.
+
+    `workdir` holds the job file and the workers' logs, and the checkpoints and models too
+    unless the job names a `spec.storage.uri`.
+    """
     display = display or Display()
     workdir = workdir.resolve()
-    model_root = (model_root or workdir / "models").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    state, model_root = storage_locations(job, workdir)
+    # Set in the spec, the store's endpoint and region win over this shell's variables.
+    storage_env = s3_environment(job.spec.storage.s3) if job.spec.storage.uri else {}
     job_file = workdir / "job.json"
     job_file.write_text(job.model_dump_json(by_alias=True, indent=2))
     policy = job.spec.run_policy
     deadline = time.monotonic() + (policy.active_deadline_seconds or float("inf"))
     restarts = 0
     while True:
-        attempt = LocalJob(job_file, workdir, model_root, job.spec.workers.replicas)
+        attempt = LocalJob(
+            job_file, workdir, state, model_root, job.spec.workers.replicas, storage_env
+        )
         try:
             outcome = _supervise(attempt, display, deadline)
         finally:
             attempt.kill()
         if outcome is None:
-            return Result.model_validate_json((workdir / RESULT_FILE).read_text())
+            return Result.model_validate_json(Store.open(state).read_text(RESULT_FILE) or "")
         index, code, message = outcome
         log = workdir / "logs" / f"worker-{index}.log"
         message = message or _last_line(log)

@@ -30,6 +30,7 @@ from .api.tfconfig import Cluster
 from .data import Source, load_source, shard, split
 from .export import export_model
 from .models import build_model, compile_model
+from .storage import Store
 from .tflib import keras, tf
 
 
@@ -80,21 +81,50 @@ class EpochCheckpoint(keras.callbacks.Callback):
     write to a throwaway directory, as TensorFlow's multi-worker guide prescribes.
     """
 
-    def __init__(self, root: Path, cluster: Cluster) -> None:
+    def __init__(self, store: Store, cluster: Cluster) -> None:
         super().__init__()
-        self.root, self.cluster = root, cluster
+        self.store, self.cluster = store, cluster
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.cluster.is_chief:
-            staging = checkpoints.staging_dir(self.root)
-            self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
-            checkpoints.publish(staging, self.root, epoch + 1, logs or {})
+            with self.store.scratch(checkpoints.checkpoint_name(epoch + 1)) as staging:
+                self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
+                checkpoints.publish(self.store, staging, epoch + 1, logs or {})
         else:
             scratch = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
             try:
                 self.model.save_weights(str(scratch / checkpoints.WEIGHTS_PREFIX))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+
+
+BACKUP_STATE = "chief"
+"""The directory BackupAndRestore keeps the chief's training state in, which every worker
+restores from; the other workers write throwaway copies beside it."""
+BACKUP_MARKER = f"{BACKUP_STATE}/checkpoint"
+"""The state's TensorFlow checkpoint index: it names the files to restore, so it is
+published last and its presence means there is a backup to resume from."""
+
+
+class PublishBackup(keras.callbacks.Callback):
+    """After BackupAndRestore saved an epoch locally, publish it to an object store (chief).
+
+    Every worker restores from the same backup, and a restarted worker may run on another
+    node: with an object store that backup must live there, not on one node's disk.
+    """
+
+    def __init__(self, store: Store, local: Path, cluster: Cluster) -> None:
+        super().__init__()
+        self.store, self.local, self.cluster = store, local / BACKUP_STATE, cluster
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.cluster.is_chief:
+            with self.store.scratch(BACKUP_STATE) as staging:
+                for path in self.local.iterdir():
+                    if path.is_file():
+                        shutil.copy2(path, staging / path.name)
+                marker = Path(BACKUP_MARKER).name
+                self.store.publish(staging, BACKUP_STATE, marker=marker, replace=True)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -162,10 +192,6 @@ def _validation_batches(count: int, global_batch: int, workers: int) -> tuple[in
     return batch, count // batch
 
 
-def _has_backup(directory: Path) -> bool:
-    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
-
-
 def train(job: TrainingJob, layout: Layout) -> Result | None:
     """Train as this worker; the chief returns the run's result, the others None."""
     cluster = Cluster.from_env()
@@ -215,34 +241,47 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         )
     )
 
-    if cluster.is_chief and not _has_backup(layout.backup):
+    stored = Store.open(layout.checkpoints)
+    backup = Store.open(layout.backup)
+    has_backup = backup.exists(BACKUP_MARKER)
+    if cluster.is_chief and not has_backup:
         # A fresh start: epochs left by an earlier, finished run must not compete for "best".
-        shutil.rmtree(layout.checkpoints, ignore_errors=True)
+        stored.remove("")
     with strategy.scope():
         model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
         decay_steps = steps * spec.training.epochs
         cosine = spec.training.learning_rate_schedule == "cosine"
         compile_model(model, spec.training.learning_rate, decay_steps if cosine else None)
     reporter = ProgressReporter(cluster, spec.training.epochs, steps, global_batch)
-    model.fit(
-        strategy.distribute_datasets_from_function(lambda _: train_ds),
-        epochs=spec.training.epochs,
-        steps_per_epoch=steps,
-        validation_data=strategy.distribute_datasets_from_function(lambda _: val_ds),
-        validation_steps=val_steps,
-        callbacks=[
-            StopOnDivergence(spec.training.learning_rate),
-            # Publish the checkpoint before the backup marks the epoch done, so a crash
-            # between the two retrains the epoch instead of losing its checkpoint.
-            EpochCheckpoint(layout.checkpoints, cluster),
-            keras.callbacks.BackupAndRestore(str(layout.backup)),
-            reporter,
-        ],
-        verbose=0,
-    )
-    if not cluster.is_chief:
-        return None
-    return finish(job, layout, source, parts.test, started, reporter)
+    with tempfile.TemporaryDirectory(prefix="kubetrain-") as scratch:
+        # BackupAndRestore works in a local directory: the store itself on a local disk; on
+        # an object store, a copy restored from it and published back after every epoch.
+        local_backup = Path(backup.uri) if backup.local else Path(scratch) / "backup"
+        if has_backup and not backup.local:
+            backup.fetch("", local_backup)
+        published = [] if backup.local else [PublishBackup(backup, local_backup, cluster)]
+        model.fit(
+            strategy.distribute_datasets_from_function(lambda _: train_ds),
+            epochs=spec.training.epochs,
+            steps_per_epoch=steps,
+            validation_data=strategy.distribute_datasets_from_function(lambda _: val_ds),
+            validation_steps=val_steps,
+            callbacks=[
+                StopOnDivergence(spec.training.learning_rate),
+                # Publish the checkpoint before the backup marks the epoch done, so a crash
+                # between the two retrains the epoch instead of losing its checkpoint.
+                EpochCheckpoint(stored, cluster),
+                keras.callbacks.BackupAndRestore(str(local_backup)),
+                *published,
+                reporter,
+            ],
+            verbose=0,
+        )
+        if not cluster.is_chief:
+            return None
+        # BackupAndRestore removed its local copy: a later job of this name starts afresh.
+        backup.remove("")
+        return finish(job, layout, source, parts.test, started, reporter, Path(scratch))
 
 
 def finish(
@@ -252,14 +291,16 @@ def finish(
     test_indices: np.ndarray,
     started: float,
     reporter: ProgressReporter,
+    scratch: Path,
 ) -> Result:
     """Evaluate the best epoch on the test split, export it and write result.json."""
     spec = job.spec
     metric = spec.training.metric
-    best = checkpoints.best_checkpoint(checkpoints.list_checkpoints(layout.checkpoints), metric)
+    stored = Store.open(layout.checkpoints)
+    best = checkpoints.best_checkpoint(checkpoints.list_checkpoints(stored), metric)
     model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
     compile_model(model, spec.training.learning_rate)
-    model.load_weights(str(best.weights)).expect_partial()
+    model.load_weights(str(checkpoints.weights(stored, best, scratch / "best"))).expect_partial()
     test_catalog = source.test or source.train
     test_loss, test_accuracy = model.evaluate(
         test_catalog.read(test_indices).astype(np.float32),
@@ -293,13 +334,11 @@ def finish(
         validation=validation,
         test=test,
         test_accuracy=test["test_accuracy"],
-        checkpoint=str(best.path),
-        model=ModelRef(name=exported.name, version=exported.version, path=str(exported.path)),
+        checkpoint=best.uri,
+        model=ModelRef(name=exported.name, version=exported.version, path=exported.path),
         wall_time_seconds=round(time.time() - started, 1),
         examples_per_second=round(examples_per_second, 1),
         test_examples=len(test_indices),
     )
-    staging = layout.result.with_name(f".{RESULT_FILE}.tmp")
-    staging.write_text(json.dumps(result.document(), indent=2) + "\n")
-    os.replace(staging, layout.result)
+    Store.open(layout.workdir).write_text(RESULT_FILE, json.dumps(result.document(), indent=2))
     return result

@@ -15,10 +15,11 @@ import traceback
 from pathlib import Path
 
 from .api.entrypoints import JOB_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV
-from .api.layout import Layout
+from .api.layout import MODELS_DIR, Layout
 from .api.records import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCEEDED, Error, Finished, emit
 from .api.spec import SpecError, TrainingJob, load_job, parse_job
 from .data import DataError
+from .storage import StorageError, join
 
 
 def read_job(job_file: str | None) -> TrainingJob:
@@ -40,15 +41,15 @@ def _write_termination_log(message: str) -> None:
             path.write_text(message[-4000:])
 
 
-def run_worker(job_file: str | None, workdir: Path, model_root: Path | None) -> int:
+def run_worker(job_file: str | None, workdir: str, model_root: str | None) -> int:
+    """Train as one worker; `workdir` and `model_root` are local paths or object-store URIs."""
     try:
         job = read_job(job_file)
         from .train import train  # TensorFlow loads only once the job is known good
 
-        layout = Layout(workdir=workdir, model_root=model_root or workdir / "models")
-        layout.workdir.mkdir(parents=True, exist_ok=True)
+        layout = Layout(workdir=workdir, model_root=model_root or join(workdir, MODELS_DIR))
         result = train(job, layout)
-    except (SpecError, DataError) as err:
+    except (SpecError, DataError, StorageError) as err:
         emit(Error(message=str(err), permanent=True))
         _write_termination_log(str(err))
         print(f"error: {err}", file=sys.stderr)

@@ -131,3 +131,14 @@ def test_status_of_a_cluster_never_started_says_stopped(cold: dict[str, str]) ->
     assert proc.returncode != 0
     assert "kube-apiserver" in proc.stdout and "stopped" in proc.stdout
     assert "No such file" not in proc.stderr
+
+
+def test_the_s3_server_builds_into_an_empty_cache_once(cold: dict[str, str]) -> None:
+    first = run("s3/build.sh", cold)
+    second = run("s3/build.sh", cold)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert os.access(cache_root(cold) / "bin" / "current" / "versitygw", os.X_OK)
+    calls = Path(cold["STANDIN_CALLS"]).read_text().splitlines()
+    assert [c.split()[:2] for c in calls] == [["go", "build"]], calls

@@ -1,14 +1,22 @@
 from pathlib import Path
 
 import pytest
-from kubetrain.trainer.checkpoints import best_checkpoint, list_checkpoints, publish, staging_dir
+from kubetrain.trainer import checkpoints
+from kubetrain.trainer.storage import Store
 
 
 def write(root: Path, epoch: int, **metrics: float) -> None:
-    staging = staging_dir(root)
-    staging.mkdir()
-    (staging / "weights.index").write_text("w")
-    publish(staging, root, epoch, metrics)
+    store = Store.open(root)
+    with store.scratch(checkpoints.checkpoint_name(epoch)) as staging:
+        (staging / "weights.index").write_text("w")
+        checkpoints.publish(store, staging, epoch, metrics)
+
+
+def list_checkpoints(root: Path) -> list[checkpoints.Checkpoint]:
+    return checkpoints.list_checkpoints(Store.open(root))
+
+
+best_checkpoint = checkpoints.best_checkpoint
 
 
 def test_the_best_epoch_wins_by_the_chosen_metric(tmp_path: Path) -> None:
@@ -22,7 +30,7 @@ def test_the_best_epoch_wins_by_the_chosen_metric(tmp_path: Path) -> None:
 
 def test_a_half_written_checkpoint_is_never_taken_for_a_good_one(tmp_path: Path) -> None:
     write(tmp_path, 1, val_accuracy=0.5)
-    crashed = staging_dir(tmp_path)  # a crash after the weights, before the rename
+    crashed = tmp_path / ".staging-0123"  # a crash after the weights, before the rename
     crashed.mkdir()
     (crashed / "weights.index").write_text("partial")
     (tmp_path / "epoch-0002").mkdir()  # a directory without its metrics file

@@ -6,12 +6,17 @@ them; another image may replace the command but keeps the arguments and the vari
 
 from __future__ import annotations
 
+from .spec import S3Options
+
 WORKER = "worker"
 SERVE = "serve"
+PULL = "pull"
 WORKER_COMMAND = ["kubetrain", WORKER]
 """The trainer image's worker entrypoint; `worker_arguments` follow it."""
 SERVE_COMMAND = ["kubetrain", SERVE]
 """The trainer image's model server entrypoint; `serve_arguments` follow it."""
+PULL_COMMAND = ["kubetrain", PULL]
+"""The trainer image's model puller (a serving pod's init container); `pull_arguments` follow."""
 SERVER_PORT = 8501
 """TensorFlow Serving's REST port, which the model server listens on by default."""
 
@@ -23,6 +28,10 @@ TERMINATION_LOG = "/dev/termination-log"
 """Where Kubernetes takes a container's termination message from (the pod's default)."""
 TERMINATION_LOG_ENV = "KUBETRAIN_TERMINATION_LOG"
 """Where a worker writes its last words when not in a pod (`/dev/termination-log` there)."""
+DATA_CACHE_ENV = "KUBETRAIN_DATA_CACHE"
+"""Where a worker caches a dataset it fetched from an object store or the web."""
+S3_ADDRESSING_STYLE_ENV = "KUBETRAIN_S3_ADDRESSING_STYLE"
+"""`path`, `virtual` or `auto`: how S3 requests name the bucket (AWS tools have no variable)."""
 MODEL_VERSION_ENV = "MODEL_VERSION"
 """The model version a server pins; promotion changes only this in the serving Deployment."""
 
@@ -39,5 +48,21 @@ CHECK_ONLY_FLAG = "--check-only"
 """The model server's flag to check that its version is complete in storage, then exit."""
 
 
+def pull_arguments(model_dir: str, into: str) -> list[str]:
+    return [MODEL_DIR_FLAG, model_dir, "--into", into]
+
+
 def serve_arguments(model_dir: str, port: int = SERVER_PORT) -> list[str]:
     return [MODEL_DIR_FLAG, model_dir, "--port", str(port)]
+
+
+def s3_environment(options: S3Options) -> dict[str, str]:
+    """The variables that point a worker's or server's S3 client where `options` say."""
+    env = {}
+    if options.addressing_style:
+        env[S3_ADDRESSING_STYLE_ENV] = options.addressing_style
+    if options.endpoint:
+        env["AWS_ENDPOINT_URL"] = options.endpoint
+    if options.region:
+        env["AWS_REGION"] = options.region
+    return env

@@ -10,7 +10,7 @@ and the operator points the serving Deployment at it. On the storage volume a jo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 RESULT_FILE = "result.json"
 METADATA_FILE = "metadata.json"
@@ -27,34 +27,43 @@ MODELS_DIR = "models"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a job keeps its state: the workdir is per job, the model root is shared."""
+    """Where a job keeps its state: the workdir is per job, the model root is shared.
 
-    workdir: Path
-    model_root: Path
+    Both are local paths or object-store URIs (`s3://bucket/prefix/...`).
+    """
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.workdir / "checkpoints"
-
-    @property
-    def backup(self) -> Path:
-        return self.workdir / "backup"
+    workdir: str
+    model_root: str
 
     @property
-    def result(self) -> Path:
-        return self.workdir / RESULT_FILE
+    def checkpoints(self) -> str:
+        return f"{self.workdir.rstrip('/')}/checkpoints"
+
+    @property
+    def backup(self) -> str:
+        return f"{self.workdir.rstrip('/')}/backup"
 
 
-def versions(model_dir: Path) -> list[int]:
-    """Complete versions under a model directory, ascending (staging dirs are hidden)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+class Listing(Protocol):
+    """What reading a model directory needs: a local one or an object store (`Store`)."""
+
+    def children(self, rel: str = "") -> list[str]: ...
+
+    def exists(self, rel: str) -> bool: ...
 
 
-def missing_files(version_dir: Path) -> list[str]:
-    """Which of `VERSION_FILES` a version directory lacks (all of them if it is not there)."""
-    return [name for name in VERSION_FILES if not (version_dir / name).is_file()]
+def versions(models: Listing) -> list[int]:
+    """Version numbers in a model directory, ascending; hidden staging dirs are never one.
+
+    A number may still be being written to an object store: `missing_files` says whether a
+    version is complete.
+    """
+    return sorted(int(name) for name in models.children() if name.isdigit())
+
+
+def missing_files(models: Listing, version: int) -> list[str]:
+    """Which of `VERSION_FILES` the version lacks (all of them if it is not there)."""
+    return [name for name in VERSION_FILES if not models.exists(f"{version}/{name}")]
 
 
 def job_workdir(mount_path: str, job: str) -> str:

@@ -82,9 +82,15 @@ class Dataset(_Model):
     name: DatasetName = Field(description="Which dataset the source holds.")
     source: str = Field(
         min_length=1,
-        description="Path to the data: a directory or a file (IDX files, PlanesNet PNG folder "
-        "or planesnet.json). Relative paths resolve against the working directory "
-        "(the image's working directory in a pod).",
+        description="Where the data is: a directory or a file (IDX files, PlanesNet PNG folder "
+        "or planesnet.json), as a local path or an `s3://`, `gs://` or `https://` URI. "
+        "Relative paths resolve against the working directory (the image's in a pod).",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="For a source that is one remote file (planesnet.json): its SHA-256, "
+        "checked after download.",
     )
     validation_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of the training data held out for validation."
@@ -159,8 +165,32 @@ class Workers(_Model):
     )
 
 
+OBJECT_STORE_URI = r"^(s3|gs)://[a-z0-9][-a-z0-9._]{1,61}[a-z0-9](/[^?#]*)?$"
+"""`s3://bucket/prefix` or `gs://bucket/prefix`: a bucket name as both clouds allow them."""
+
+
+class S3Options(_Model):
+    """For S3-compatible stores other than AWS; given to the pods as the standard variables."""
+
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="The store's URL, e.g. `http://minio.storage:9000` (AWS_ENDPOINT_URL).",
+    )
+    region: str | None = Field(
+        None, pattern=r"^[a-z0-9-]+$", description="The bucket's region (AWS_REGION)."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] | None = Field(
+        None,
+        description="`path` (bucket in the URL path), `virtual` (bucket in the host name) or "
+        "`auto`; by default `path` where an endpoint is set (as S3-compatible servers "
+        "mostly need), else `auto`.",
+    )
+
+
 class Storage(_Model):
-    """Where checkpoints and exported models live; in a pod, a PVC mounted at `mountPath`."""
+    """Where checkpoints and exported models live: a PVC mounted at `mountPath`, or an object
+    store (`uri`) that needs no shared volume."""
 
     claim_name: str | None = Field(
         None,
@@ -168,6 +198,21 @@ class Storage(_Model):
         max_length=253,
         description="PersistentVolumeClaim holding checkpoints and exported models.",
     )
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        description="Object store for checkpoints and exported models instead of a claim: "
+        "`s3://bucket/prefix` or `gs://bucket/prefix` (with `kubetrain run`, a local directory "
+        "too). The layout under it is the claim's: `jobs/<job>/`, `models/<model>/<version>/`.",
+    )
+    secret_name: str | None = Field(
+        None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="Secret whose keys become the pods' environment, e.g. `AWS_ACCESS_KEY_ID` "
+        "and `AWS_SECRET_ACCESS_KEY`; the operator never reads it.",
+    )
+    s3: S3Options = Field(default_factory=S3Options)
     mount_path: str = Field(
         "/var/lib/kubetrain", pattern=r"^/", description="Where pods mount `claimName`."
     )
@@ -177,6 +222,12 @@ class Storage(_Model):
         max_length=253,
         description="Optional PVC holding the dataset, mounted read-only at /data.",
     )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Storage:
+        if self.claim_name and self.uri:
+            raise ValueError("give claimName (a volume) or uri (an object store), not both")
+        return self
 
 
 class Promotion(_Model):

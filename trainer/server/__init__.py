@@ -7,8 +7,11 @@ stays fast; FastAPI, uvicorn and TensorFlow are imported when the server actuall
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from .config import add_serve_arguments
+from ..api.entrypoints import MODEL_DIR_FLAG, MODEL_VERSION_ENV
+from .config import add_serve_arguments, version_number
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -19,10 +22,33 @@ def serve(args: argparse.Namespace) -> int:
     if settings.check_only:
         from .model import check
 
-        return check(settings.model_dir, settings.model_version)
+        return check(args.model_dir, settings.model_version)  # a path or an object-store URI
     from .lifecycle import run
 
     return run(settings)
 
 
-__all__ = ["add_serve_arguments", "serve"]
+def pull(args: argparse.Namespace) -> int:
+    """`kubetrain pull`: copy one complete version out of a model store (an init container's
+    job, as KServe's storage initializer does); 2 naming what is missing if it is not there."""
+    from .model import pull_version
+
+    return pull_version(args.model_dir, args.model_version, Path(args.into))
+
+
+def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        MODEL_DIR_FLAG, required=True, help="the model's directory in the store (s3://... or path)"
+    )
+    parser.add_argument(
+        "--model-version",
+        type=version_number,
+        default=os.environ.get(MODEL_VERSION_ENV, ""),
+        help=f"the version to copy (default: env {MODEL_VERSION_ENV}, else the highest)",
+    )
+    parser.add_argument(
+        "--into", required=True, help="local model directory; the version lands in INTO/VERSION"
+    )
+
+
+__all__ = ["add_pull_arguments", "add_serve_arguments", "pull", "serve"]

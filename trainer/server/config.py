@@ -89,7 +89,7 @@ def _non_negative(kind: type[int] | type[float]):
     return parse
 
 
-def _version(text: str) -> int | None:
+def version_number(text: str) -> int | None:
     """`--model-version`, or `MODEL_VERSION` when the flag is absent (argparse converts a
     string default with `type` too); empty means the highest version."""
     text = text.strip()
@@ -117,7 +117,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=SERVER_PORT, help="HTTP port")
     parser.add_argument(
         "--model-version",
-        type=_version,
+        type=version_number,
         default=os.environ.get(MODEL_VERSION_ENV, ""),
         help=f"serve this version instead of the highest one (default: env {MODEL_VERSION_ENV})",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..api.layout import METADATA_FILE, SIGNATURE_NAME, missing_files, versions
+from ..storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,15 @@ class ModelNotFound(RuntimeError):
     """The model directory has no servable version (or not the pinned one)."""
 
 
-def choose_version(model_dir: Path, pinned: int | None) -> int:
+def choose_version(model_dir: str | Path, pinned: int | None) -> int:
     """The pinned version if it exists, else the highest; raises `ModelNotFound`.
 
-    The chosen directory must hold every file of a complete export, so a version someone
-    removed files from is refused here, by name, rather than failing deep inside TensorFlow.
+    `model_dir` is a local directory or an object-store URI. The chosen version must hold
+    every file of a complete export, so one that is still being uploaded, or that someone
+    removed files from, is refused here by name rather than failing deep inside TensorFlow.
     """
-    found = versions(model_dir)
+    models = Store.open(model_dir)
+    found = versions(models)
     if pinned is not None and pinned not in found:
         raise ModelNotFound(
             f"version {pinned} not found in {model_dir} (available: {found or 'none'})"
@@ -39,24 +43,40 @@ def choose_version(model_dir: Path, pinned: int | None) -> int:
     if not found:
         raise ModelNotFound(f"no model version directory in {model_dir}")
     version = found[-1] if pinned is None else pinned
-    if missing := missing_files(model_dir / str(version)):
+    if missing := missing_files(models, version):
         raise ModelNotFound(
             f"version {version} in {model_dir} is incomplete: no {', '.join(missing)}"
         )
     return version
 
 
-def check(model_dir: Path, pinned: int | None) -> int:
+def check(model_dir: str | Path, pinned: int | None) -> int:
     """`kubetrain serve --check-only`: exit 0 if the version to serve is complete, else 2.
 
     Without TensorFlow, so it answers in a second; what it prints is the pod's last words.
     """
     try:
         version = choose_version(model_dir, pinned)
-    except ModelNotFound as error:
+    except (ModelNotFound, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"version {version} in {model_dir} is complete")
+    return 0
+
+
+def pull_version(model_dir: str, pinned: int | None, into: Path) -> int:
+    """Copy a complete version from `model_dir` (a store) to `into/<version>`; 0, or 2 with
+    what is missing on stderr, which a pod shows as its termination message."""
+    try:
+        version = choose_version(model_dir, pinned)
+        target = into / str(version)
+        if target.exists():
+            shutil.rmtree(target)
+        Store.open(model_dir).fetch(str(version), target)
+    except (ModelNotFound, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"version {version} of {model_dir} copied to {target}")
     return 0
 
 
