@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from .api.entrypoints import DATA_CACHE_ENV
+from .storage import filesystem, named_errors
 
 REMOTE_SCHEMES = ("s3", "gs", "http", "https")
 
@@ -38,28 +38,15 @@ def cache_root() -> Path:
     return Path(base) / "kubetrain" / "data"
 
 
-@contextmanager
-def _named(uri: str) -> Iterator[None]:
-    """The store's errors, naming the URI: permanent ones as `RemoteDataError`."""
-    try:
-        yield
-    except PermissionError as err:
-        raise RemoteDataError(
-            f"{uri}: access denied ({err}); check the job's credentials "
-            "(spec.storage.secretName, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
-        ) from err
-    except FileNotFoundError as err:
-        raise RemoteDataError(f"{uri}: no such object (spec.dataset.source)") from err
-    except (TimeoutError, ConnectionError) as err:  # retryable: the worker exits to restart
-        raise ConnectionError(f"{uri}: the source did not answer ({err})") from err
+def _named(uri: str) -> AbstractContextManager[None]:
+    """The source's errors, naming it: refused or missing ones as `RemoteDataError`."""
+    return named_errors(uri, RemoteDataError, missing="no such object (spec.dataset.source)")
 
 
 class RemoteDir:
     """A directory (or key prefix) of a remote source, mirrored into the cache file by file."""
 
     def __init__(self, uri: str) -> None:
-        from .storage import filesystem
-
         self.uri = uri.rstrip("/")
         self.fs: Any = filesystem(self.uri)
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]

@@ -79,15 +79,23 @@ def filesystem(uri: str) -> Any:
 
 
 @contextmanager
-def _named(uri: str) -> Iterator[None]:
-    """Errors from the store, as a `StorageError` that names the URI and the fix."""
+def named_errors(
+    uri: str, refused: type[Exception] = StorageError, missing: str | None = None
+) -> Iterator[None]:
+    """A store's errors as ones that name `uri` and the fix: access denied (and, where
+    `missing` says what a missing object means, a missing one) as the permanent `refused`;
+    no answer as `StoreUnreachable`, which is worth another try."""
     try:
         yield
     except PermissionError as err:
-        raise StorageError(
+        raise refused(
             f"{uri}: access denied ({err}); check the credentials the job gives "
             "(spec.storage.secretName, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
         ) from err
+    except FileNotFoundError as err:
+        if missing is None:
+            raise
+        raise refused(f"{uri}: {missing}") from err
     except (TimeoutError, ConnectionError) as err:
         raise StoreUnreachable(f"{uri}: the store did not answer ({err})") from err
 
@@ -112,12 +120,12 @@ class Store:
         return join(self.uri, *parts)
 
     def exists(self, rel: str) -> bool:
-        with _named(self.path(rel)):
+        with named_errors(self.path(rel)):
             return self.fs.exists(self.path(rel))
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None if there is no such file."""
-        with _named(self.path(rel)):
+        with named_errors(self.path(rel)):
             try:
                 return self.fs.cat_file(self.path(rel)).decode()
             except FileNotFoundError:
@@ -125,7 +133,7 @@ class Store:
 
     def children(self, rel: str = "") -> list[str]:
         """Names directly under `rel` (none if it does not exist)."""
-        with _named(self.path(rel)):
+        with named_errors(self.path(rel)):
             try:
                 listed = self.fs.ls(self.path(rel), detail=False, refresh=True)
             except FileNotFoundError:
@@ -141,11 +149,11 @@ class Store:
             staging.write_text(text)
             os.replace(staging, target)
             return
-        with _named(target):
+        with named_errors(target):
             self.fs.pipe_file(target, text.encode())  # one PUT: atomic in an object store
 
     def remove(self, rel: str) -> None:
-        with _named(self.path(rel)):
+        with named_errors(self.path(rel)):
             if self.fs.exists(self.path(rel)):
                 self.fs.rm(self.path(rel), recursive=True)
 
@@ -191,7 +199,7 @@ class Store:
                     return False  # another writer took the name meanwhile
                 raise
             return True
-        with _named(target):
+        with named_errors(target):
             if not replace and self.fs.exists(target):
                 return False
             files = sorted(p for p in local.rglob("*") if p.is_file())
@@ -212,7 +220,7 @@ class Store:
             return Path(self.path(rel))
         local.mkdir(parents=True, exist_ok=True)
         source = self.path(rel)
-        with _named(source):
+        with named_errors(source):
             prefix = source.split("://", 1)[-1]
             for remote in self.fs.find(source):
                 relative = str(remote)[len(prefix) + 1 :]

@@ -7,11 +7,10 @@ stays fast; FastAPI, uvicorn and TensorFlow are imported when the server actuall
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from ..api.entrypoints import MODEL_DIR_FLAG, MODEL_VERSION_ENV
-from .config import add_serve_arguments, version_number
+from ..api.entrypoints import MODEL_DIR_FLAG
+from .config import add_model_version_argument, add_serve_arguments
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -40,12 +39,7 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         MODEL_DIR_FLAG, required=True, help="the model's directory in the store (s3://... or path)"
     )
-    parser.add_argument(
-        "--model-version",
-        type=version_number,
-        default=os.environ.get(MODEL_VERSION_ENV, ""),
-        help=f"the version to copy (default: env {MODEL_VERSION_ENV}, else the highest)",
-    )
+    add_model_version_argument(parser, "the version to copy")
     parser.add_argument(
         "--into", required=True, help="local model directory; the version lands in INTO/VERSION"
     )

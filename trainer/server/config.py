@@ -103,6 +103,16 @@ def version_number(text: str) -> int | None:
     return int(text)
 
 
+def add_model_version_argument(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """`--model-version`, pinned by env `MODEL_VERSION` as the serving pods set it."""
+    parser.add_argument(
+        "--model-version",
+        type=version_number,
+        default=os.environ.get(MODEL_VERSION_ENV, ""),
+        help=f"{purpose} (default: env {MODEL_VERSION_ENV}, else the highest)",
+    )
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `kubetrain serve`; defaults suit the serving Deployment's container."""
     parser.add_argument(
@@ -115,12 +125,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=SERVER_PORT, help="HTTP port")
-    parser.add_argument(
-        "--model-version",
-        type=version_number,
-        default=os.environ.get(MODEL_VERSION_ENV, ""),
-        help=f"serve this version instead of the highest one (default: env {MODEL_VERSION_ENV})",
-    )
+    add_model_version_argument(parser, "serve this version instead of the highest one")
     parser.add_argument(
         CHECK_ONLY_FLAG,
         action="store_true",
