@@ -33,7 +33,7 @@ stop() {
 }
 
 # The kubelet first, so nothing restarts the pods we are about to kill.
-for c in kubelet kube-router local-path-provisioner coredns kube-proxy kube-scheduler kube-controller-manager; do
+for c in kubelet kube-router local-path-provisioner coredns versitygw kube-proxy kube-scheduler kube-controller-manager; do
   stop "${c}"
 done
 

@@ -32,6 +32,16 @@ KT_DNS_IP="${KT_NODE_IP}"
 KT_API_PORT=6443
 KT_NODE_NAME="kubetrain-dev"
 
+# The cluster's S3 server (versitygw, hack/s3): on the node's bridge address, so pods reach
+# it and nothing outside this machine can. Its data survives `cluster-down`, like volumes'.
+KT_S3_PORT=7070
+KT_S3_ENDPOINT="http://${KT_NODE_IP}:${KT_S3_PORT}"
+KT_S3_BUCKET="kubetrain"
+KT_S3_STATE="${KT_STATE}/s3"
+# AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and KUBETRAIN_S3_BUCKET:
+# `set -a; source` it to point an S3 client (or a Secret) at the cluster's store.
+KT_S3_CREDENTIALS="${KT_S3_STATE}/credentials.env"
+
 KT_CONTAINERD_SOCK="${KT_RUN}/containerd/containerd.sock"
 KT_PAUSE_IMAGE="localhost/kubetrain-pause:1"
 KT_BUSYBOX_IMAGE="localhost/kubetrain-busybox:1"

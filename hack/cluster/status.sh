@@ -9,7 +9,7 @@ quiet=false
 export PATH="${KT_BIN}:${PATH}"
 
 ok=true
-for c in containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns local-path-provisioner kube-router; do
+for c in containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns local-path-provisioner kube-router versitygw; do
   pid="$(cat "${KT_RUN}/${c}.pid" 2>/dev/null || true)"
   if [[ -n ${pid} ]] && kill -0 "${pid}" 2>/dev/null; then
     $quiet || printf '%-26s running (pid %s)\n' "${c}" "${pid}"

@@ -11,6 +11,7 @@ kt_lock
 
 "${KT_CLUSTER_SRC}/deps.sh"
 "${KT_CLUSTER_SRC}/build.sh"
+"${KT_ROOT}/hack/s3/build.sh"
 export PATH="${KT_BIN}:${PATH}"
 
 if "${KT_CLUSTER_SRC}/status.sh" --quiet; then
@@ -246,6 +247,31 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
 COREFILE
 start coredns coredns -conf "${cfg}/Corefile"
 
+# S3 (versitygw over a directory): the store jobs with `spec.storage.uri` use here. The root
+# credentials are made once and kept with the data; the bucket is a directory under it.
+mkdir -p "${KT_S3_STATE}/data/${KT_S3_BUCKET}"
+if [[ ! -f ${KT_S3_CREDENTIALS} ]]; then
+  (
+    umask 077
+    cat >"${KT_S3_CREDENTIALS}.tmp" <<CREDENTIALS
+AWS_ENDPOINT_URL=${KT_S3_ENDPOINT}
+AWS_ACCESS_KEY_ID=KT$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F)
+AWS_SECRET_ACCESS_KEY=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+AWS_REGION=us-east-1
+KUBETRAIN_S3_BUCKET=${KT_S3_BUCKET}
+CREDENTIALS
+  )
+  mv "${KT_S3_CREDENTIALS}.tmp" "${KT_S3_CREDENTIALS}"
+fi
+# The keys reach it through the environment, never a command line (which anyone can read).
+(
+  # shellcheck disable=SC1090
+  . "${KT_S3_CREDENTIALS}"
+  export ROOT_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID}" ROOT_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY}"
+  start versitygw "${KT_BIN}/versitygw" --port "${KT_NODE_IP}:${KT_S3_PORT}" --quiet \
+    --health /healthz posix "${KT_S3_STATE}/data"
+)
+
 start local-path-provisioner local-path-provisioner \
   start --kubeconfig "${pki}/local-path-provisioner.kubeconfig" --helper-image "${KT_BUSYBOX_IMAGE}"
 
@@ -261,5 +287,6 @@ start kube-router kube-router --kubeconfig "${pki}/kube-router.kubeconfig" \
 wait_for "kube-router's network policy chains" 60 iptables -S KUBE-ROUTER-FORWARD
 wait_for "default service account" 60 kubectl get serviceaccount default
 wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
+wait_for "the S3 server" 30 curl -fsS "${KT_S3_ENDPOINT}/healthz"
 log "cluster up: kubectl from ${KT_BIN}"
 echo "export KUBECONFIG=${KUBECONFIG_OUT}"

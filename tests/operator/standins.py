@@ -21,6 +21,7 @@ import argparse, json, os, sys, time
 from kubetrain.trainer.api import entrypoints, layout, records, tfconfig
 from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.api.status import ModelRef
+from kubetrain.trainer.storage import Store
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir"); parser.add_argument("--model-root")
@@ -39,9 +40,9 @@ def finish(code, message):
         pass
     sys.exit(code)
 
-os.makedirs(args.workdir, exist_ok=True)
-state = os.path.join(args.workdir, "epoch")  # what BackupAndRestore would resume from
-start = int(open(state).read()) + 1 if os.path.exists(state) else 1
+work = Store.open(args.workdir)  # a volume's directory or an object store, as the trainer's
+saved = work.read_text("epoch")  # what BackupAndRestore would resume from
+start = int(saved) + 1 if saved else 1
 print("stand-in worker", cluster.index, "attempt", attempt, "from epoch", start, flush=True)
 if start > 1:
     records.emit(records.Resumed(worker=cluster.index, from_epoch=start))
@@ -63,19 +64,20 @@ for epoch in range(start, total + 1):
         records.emit(records.Epoch(worker=cluster.index, epoch=epoch, total_epochs=total,
                                    metrics=metrics, seconds=plan["epochSeconds"],
                                    examples_per_second=1000.0))
-        with open(state, "w") as f:
-            f.write(str(epoch))
+        work.write_text("epoch", str(epoch))
 if not cluster.is_chief:
     finish(records.EXIT_SUCCEEDED, "")
 version = plan["version"]
-path = os.path.join(args.model_root, job.spec.model_name, str(version))
-if plan.get("export", True):
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, layout.METADATA_FILE), "w") as f:
-        json.dump({"jobName": job.metadata.name, "metric": "val_accuracy",
-                   "metrics": {"val_accuracy": val}}, f)
-    with open(os.path.join(path, layout.SAVED_MODEL_FILE), "w") as f:
-        f.write("stand-in" if plan["loadable"] else UNLOADABLE)
+models = Store.open(Store.open(args.model_root).path(job.spec.model_name))
+path = models.path(str(version))
+if plan.get("export", True):  # published as the exporter does: complete, marker last
+    with models.scratch(str(version)) as staging:
+        (staging / layout.SAVED_MODEL_FILE).write_text(
+            "stand-in" if plan["loadable"] else UNLOADABLE)
+        (staging / layout.METADATA_FILE).write_text(json.dumps(
+            {"jobName": job.metadata.name, "metric": "val_accuracy",
+             "metrics": {"val_accuracy": val}}))
+        models.publish(staging, str(version), marker=layout.METADATA_FILE)
 result = records.Result(
     job_name=job.metadata.name, best_epoch=total, metric="val_accuracy",
     validation={"val_accuracy": val, "val_loss": 1.0 / total},
@@ -88,7 +90,7 @@ finish(records.EXIT_SUCCEEDED, json.dumps(result.document()))
 """
 
 SERVER = r"""
-import argparse, http.server, os, pathlib, sys
+import argparse, http.server, os, sys
 from kubetrain.trainer.api import entrypoints, layout
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir"); parser.add_argument("--port", type=int)
@@ -97,7 +99,7 @@ args = parser.parse_args()
 version = int(os.environ[entrypoints.MODEL_VERSION_ENV])
 if args.check_only:  # the real check: it needs no TensorFlow
     from kubetrain.trainer.server.model import check
-    sys.exit(check(pathlib.Path(args.model_dir), version))
+    sys.exit(check(args.model_dir, version))  # a directory or an object-store URI
 saved_model = os.path.join(args.model_dir, str(version), layout.SAVED_MODEL_FILE)
 
 def loadable():

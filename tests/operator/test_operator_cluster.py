@@ -84,7 +84,8 @@ def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
         "promotion": {"enabled": False},
     }
     for key, value in spec.items():
-        body[key] = {**body.get(key, {}), **value}
+        merged = {**body.get(key, {}), **value}
+        body[key] = {k: v for k, v in merged.items() if v is not None}  # None: leave it out
     return {
         "apiVersion": "kubetrain.io/v1alpha1",
         "kind": "TrainingJob",
@@ -445,3 +446,82 @@ def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_o
     dep = ns.json("get", "deployment", "digits-serving")
     assert dep["metadata"]["annotations"]["kubetrain.io/model-version"] == "2"
     ns("rollout", "status", "deployment/digits-serving", "--timeout=120s")
+
+
+# --- object storage: no volume anywhere ------------------------------------------------------
+
+S3_CREDENTIALS = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain")) / "s3"
+S3_CREDENTIALS /= "credentials.env"
+
+
+def cluster_s3() -> dict[str, str]:
+    """The endpoint, keys and bucket of the local cluster's S3 server (hack/cluster/up.sh)."""
+    if not S3_CREDENTIALS.is_file():
+        pytest.skip(f"no S3 server with this cluster ({S3_CREDENTIALS}); the local one has one")
+    return dict(line.split("=", 1) for line in S3_CREDENTIALS.read_text().split())
+
+
+def test_a_job_in_object_storage_trains_and_serves_with_no_volume_at_all(ns: Kubectl):
+    s3 = cluster_s3()
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ns.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3"},
+            "stringData": {k: s3[k] for k in keys},
+        }
+    )
+    uri = f"s3://{s3['KUBETRAIN_S3_BUCKET']}/{ns.namespace}"
+    storage = {
+        "claimName": None,
+        "uri": uri,
+        "secretName": "s3",
+        "s3": {"endpoint": s3["AWS_ENDPOINT_URL"], "region": s3["AWS_REGION"]},
+    }
+    with operator(ns, worker_command(epoch_seconds=0.5, val_accuracy=0.9, version=1)):
+        ns.apply(
+            trainingjob(
+                "stored",
+                workers={"replicas": 2},
+                storage=storage,
+                promotion={"enabled": True, "deployment": "stored-serving", "replicas": 1},
+            )
+        )
+        done = ns.wait_for("tj stored", phase_in("Promoted", "Failed", "Succeeded"), timeout=240)
+        if done["status"]["phase"] == "Succeeded":  # promotion decided, or still under way
+            done = ns.wait_for(
+                "tj stored",
+                lambda t: any(c["type"] == "Promoted" for c in t["status"]["conditions"]),
+                timeout=180,
+            )
+    status = done["status"]
+    assert status["phase"] == "Promoted", json.dumps(status, indent=1)
+    assert status["model"]["path"] == f"{uri}/models/digits/1"
+    # The served pod loaded what its init container pulled from the bucket.
+    (pod,) = ns.json("get", "pods", "-l", "kubetrain.io/serving=stored-serving")["items"]
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    # No pod the job made, nor the serving pod, mounts a claim.
+    for made in ns.json("get", "pods")["items"]:
+        volumes = made["spec"].get("volumes") or []
+        assert not any("persistentVolumeClaim" in v for v in volumes), made["metadata"]["name"]
+    # What is in the bucket: the state, the published version, and no model-check pod left.
+    assert "model-check" not in json.dumps(ns.json("get", "pods")["items"])
+    listing = bucket_listing(s3, f"{s3['KUBETRAIN_S3_BUCKET']}/{ns.namespace}")
+    assert f"{ns.namespace}/models/digits/1/metadata.json" in listing, listing
+    assert f"{ns.namespace}/jobs/stored/epoch" in listing, listing
+
+
+def bucket_listing(s3: dict[str, str], prefix: str) -> str:
+    """Every key under `prefix`, read from this machine as any S3 client would."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=s3["AWS_ACCESS_KEY_ID"],
+        secret=s3["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=s3["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+    )
+    return "\n".join(fs.find(prefix))
