@@ -62,6 +62,8 @@ class RemoteDir:
         return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed)
 
     def exists(self, name: str) -> bool:
+        if (self.cache / name).is_file():  # fetched before: no need to ask again
+            return True
         with _named(self.child(name)):
             return bool(self.fs.exists(self.child(name)))
 

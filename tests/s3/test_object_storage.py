@@ -7,6 +7,7 @@ only once complete, and a killed worker resumes from the backup in the bucket.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -231,3 +232,41 @@ def dataset(fields: dict) -> Dataset:
         "spec": {"dataset": fields, "model": {"architecture": architecture}},
     }
     return parse_job(document).spec.dataset
+
+
+def test_mnist_from_a_web_server_is_fetched_once_into_the_cache(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The four IDX files by their standard names under a URL, as mirrors publish them."""
+    import functools
+    import http.server
+    import threading
+
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            with contextlib.suppress(ConnectionError):  # a client that only wanted to know
+                super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tiny_mnist))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(DATA_CACHE_ENV, str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        first = load_source(dataset({"name": "mnist", "source": url}))
+        fetched = len(served)
+        again = load_source(dataset({"name": "mnist", "source": url}))
+    finally:
+        server.shutdown()
+    local = load_source(dataset({"name": "mnist", "source": str(tiny_mnist)}))
+    assert (first.train.labels == local.train.labels).all()
+    assert (again.train.labels == local.train.labels).all()
+    assert sorted(set(served)) == sorted(f"/{name}" for name in os.listdir(tiny_mnist))
+    assert len(served) == fetched  # the second load asked the server nothing
