@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +76,69 @@ class StopOnDivergence(keras.callbacks.Callback):
             )
 
 
+class Uploads:
+    """Uploads to an object store on one background thread, in the order they were asked for.
+
+    An epoch need not wait for the previous one's checkpoint and backup to reach the store,
+    and the order keeps a checkpoint published before the backup that marks its epoch done.
+    An upload that failed fails the next `submit` or `wait`.
+    """
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubetrain-upload")
+        self.pending: list[Future[None]] = []
+
+    def submit(self, upload: Callable[[], object], staging: Path) -> None:
+        """Run `upload` in turn, then remove its local `staging` directory."""
+        for done in [f for f in self.pending if f.done()]:
+            self.pending.remove(done)
+            done.result()
+
+        def task() -> None:
+            try:
+                upload()
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        self.pending.append(self.pool.submit(task))
+
+    def wait(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Save every epoch with its metrics; only the chief's copy is kept.
 
     All workers save because saving distributed variables may run collectives; the others
-    write to a throwaway directory, as TensorFlow's multi-worker guide prescribes.
+    write to a throwaway directory, as TensorFlow's multi-worker guide prescribes. On a
+    local store the chief publishes at once (a rename); to an object store, in the background.
     """
 
-    def __init__(self, store: Store, cluster: Cluster) -> None:
+    def __init__(self, store: Store, cluster: Cluster, uploads: Uploads) -> None:
         super().__init__()
-        self.store, self.cluster = store, cluster
+        self.store, self.cluster, self.uploads = store, cluster, uploads
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.cluster.is_chief:
-            with self.store.scratch(checkpoints.checkpoint_name(epoch + 1)) as staging:
-                self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
-                checkpoints.publish(self.store, staging, epoch + 1, logs or {})
-        else:
+        if not self.cluster.is_chief:
             scratch = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
             try:
                 self.model.save_weights(str(scratch / checkpoints.WEIGHTS_PREFIX))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            return
+        number, metrics = epoch + 1, dict(logs or {})
+        if self.store.local:
+            with self.store.scratch(checkpoints.checkpoint_name(number)) as staging:
+                self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
+                checkpoints.publish(self.store, staging, number, metrics)
+            return
+        staging = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
+        self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
+        self.uploads.submit(
+            lambda: checkpoints.publish(self.store, staging, number, metrics), staging
+        )
 
 
 BACKUP_STATE = "chief"
@@ -110,21 +153,26 @@ class PublishBackup(keras.callbacks.Callback):
     """After BackupAndRestore saved an epoch locally, publish it to an object store (chief).
 
     Every worker restores from the same backup, and a restarted worker may run on another
-    node: with an object store that backup must live there, not on one node's disk.
+    node: with an object store that backup must live there, not on one node's disk. The
+    files are copied at once (the next epoch overwrites them) and uploaded in the background.
     """
 
-    def __init__(self, store: Store, local: Path, cluster: Cluster) -> None:
+    def __init__(self, store: Store, local: Path, cluster: Cluster, uploads: Uploads) -> None:
         super().__init__()
         self.store, self.local, self.cluster = store, local / BACKUP_STATE, cluster
+        self.uploads = uploads
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.cluster.is_chief:
-            with self.store.scratch(BACKUP_STATE) as staging:
-                for path in self.local.iterdir():
-                    if path.is_file():
-                        shutil.copy2(path, staging / path.name)
-                marker = Path(BACKUP_MARKER).name
-                self.store.publish(staging, BACKUP_STATE, marker=marker, replace=True)
+        if not self.cluster.is_chief:
+            return
+        staging = Path(tempfile.mkdtemp(prefix="kubetrain-backup-"))
+        for path in self.local.iterdir():
+            if path.is_file():
+                shutil.copy2(path, staging / path.name)
+        marker = Path(BACKUP_MARKER).name
+        self.uploads.submit(
+            lambda: self.store.publish(staging, BACKUP_STATE, marker=marker, replace=True), staging
+        )
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -259,7 +307,8 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         local_backup = Path(backup.uri) if backup.local else Path(scratch) / "backup"
         if has_backup and not backup.local:
             backup.fetch("", local_backup)
-        published = [] if backup.local else [PublishBackup(backup, local_backup, cluster)]
+        uploads = Uploads()
+        published = [] if backup.local else [PublishBackup(backup, local_backup, cluster, uploads)]
         model.fit(
             strategy.distribute_datasets_from_function(lambda _: train_ds),
             epochs=spec.training.epochs,
@@ -270,13 +319,14 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
                 StopOnDivergence(spec.training.learning_rate),
                 # Publish the checkpoint before the backup marks the epoch done, so a crash
                 # between the two retrains the epoch instead of losing its checkpoint.
-                EpochCheckpoint(stored, cluster),
+                EpochCheckpoint(stored, cluster, uploads),
                 keras.callbacks.BackupAndRestore(str(local_backup)),
                 *published,
                 reporter,
             ],
             verbose=0,
         )
+        uploads.wait()  # every epoch's checkpoint is in the store before "best" is chosen
         if not cluster.is_chief:
             return None
         # BackupAndRestore removed its local copy: a later job of this name starts afresh.
