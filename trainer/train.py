@@ -79,9 +79,9 @@ class StopOnDivergence(keras.callbacks.Callback):
 class Uploads:
     """Uploads to an object store on one background thread, in the order they were asked for.
 
-    An epoch need not wait for the previous one's checkpoint and backup to reach the store,
-    and the order keeps a checkpoint published before the backup that marks its epoch done.
-    An upload that failed fails the next `submit` or `wait`.
+    An epoch's checkpoint and backup upload while the next epoch trains, and the order keeps
+    a checkpoint published before the backup that marks its epoch done. An upload that
+    failed fails the next `submit` or `wait`.
     """
 
     def __init__(self) -> None:
@@ -134,6 +134,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
                 checkpoints.publish(self.store, staging, number, metrics)
             return
+        # The previous epoch's checkpoint and backup are in the store before this epoch is
+        # reported done: a crash loses at most the epoch that was still uploading.
+        self.uploads.wait()
         staging = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
         self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
         self.uploads.submit(

@@ -132,9 +132,10 @@ def test_a_job_in_a_bucket_keeps_nothing_local_and_resumes_from_the_bucket(
 
     result = run_local(parse_job(job_document), tmp_path / "run", display=display)
 
-    # Worker 1 died after epoch 2; the restarted workers restored the backup from the bucket
-    # and went on from epoch 3: no epoch was trained twice.
-    assert display.killed and display.epochs == [1, 2, 3, 4]
+    # Worker 1 died after epoch 2; the restarted workers restored the backup from the bucket.
+    # An epoch uploads while the next one trains, so epoch 2's may not have been in the store
+    # yet: at most that epoch is trained again, never an earlier one.
+    assert display.killed and display.epochs in ([1, 2, 3, 4], [1, 2, 2, 3, 4]), display.epochs
     store = Store.open(uri)
     assert store.children("jobs/tiny/checkpoints") == [f"epoch-000{e}" for e in (1, 2, 3, 4)]
     assert not store.exists("jobs/tiny/backup/chief/checkpoint")  # done: no backup to resume
