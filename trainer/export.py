@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .api.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, versions
-from .storage import Store
+from .storage import Store, join
 from .tflib import keras, tf
 
 
@@ -43,7 +43,7 @@ def export_model(
     model: keras.Model, model_root: str | Path, name: str, metadata: dict[str, Any]
 ) -> ExportedModel:
     """Write `model` as the next version of `name` under `model_root` and return where."""
-    models = Store.open(Store.open(model_root).path(name))
+    models = Store.open(join(str(model_root), name))
     with models.scratch("0") as staging:
         tf.saved_model.save(
             model, str(staging), signatures={SIGNATURE_NAME: serving_function(model)}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .api.entrypoints import TERMINATION_LOG_ENV, WORKER, s3_environment, worker_arguments
-from .api.layout import JOBS_DIR, MODELS_DIR, RESULT_FILE
+from .api.layout import MODELS_DIR, RESULT_FILE, job_workdir, model_root
 from .api.records import (
     EXIT_PERMANENT,
     Batch,
@@ -36,7 +36,7 @@ from .api.records import (
 from .api.spec import TrainingJob
 from .api.tfconfig import ENV as TF_CONFIG
 from .api.tfconfig import tf_config
-from .storage import Store, join
+from .storage import Store
 
 
 class JobFailed(RuntimeError):
@@ -174,11 +174,8 @@ class LocalJob:
 def storage_locations(job: TrainingJob, workdir: Path) -> tuple[str, str]:
     """(the job's state, the model root): under `spec.storage.uri` when the job names one,
     as in a cluster, else in the local run directory."""
-    if job.spec.storage.uri:
-        return (
-            join(job.spec.storage.uri, JOBS_DIR, job.metadata.name),
-            join(job.spec.storage.uri, MODELS_DIR),
-        )
+    if uri := job.spec.storage.uri:  # the pods' layout (`operator.manifests.storage_paths`)
+        return job_workdir(uri, job.metadata.name), model_root(uri)
     return str(workdir), str(workdir / MODELS_DIR)
 
 

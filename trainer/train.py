@@ -332,8 +332,11 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         uploads.wait()  # every epoch's checkpoint is in the store before "best" is chosen
         if not cluster.is_chief:
             return None
-        # BackupAndRestore removed its local copy: a later job of this name starts afresh.
-        backup.remove("")
+        if not backup.local:
+            # BackupAndRestore removed its local copy, and a later job of this name must
+            # start afresh. (A local store is that copy: the other workers may still be
+            # writing their throwaway files in it, so it is left to BackupAndRestore.)
+            backup.remove("")
         return finish(job, layout, source, parts.test, started, reporter, Path(scratch))
 
 

@@ -21,7 +21,7 @@ import argparse, json, os, sys, time
 from kubetrain.trainer.api import entrypoints, layout, records, tfconfig
 from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.api.status import ModelRef
-from kubetrain.trainer.storage import Store
+from kubetrain.trainer.storage import Store, join
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir"); parser.add_argument("--model-root")
@@ -68,7 +68,7 @@ for epoch in range(start, total + 1):
 if not cluster.is_chief:
     finish(records.EXIT_SUCCEEDED, "")
 version = plan["version"]
-models = Store.open(Store.open(args.model_root).path(job.spec.model_name))
+models = Store.open(join(args.model_root, job.spec.model_name))
 path = models.path(str(version))
 if plan.get("export", True):  # published as the exporter does: complete, marker last
     with models.scratch(str(version)) as staging:

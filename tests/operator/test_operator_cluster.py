@@ -450,8 +450,8 @@ def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_o
 
 # --- object storage: no volume anywhere ------------------------------------------------------
 
-S3_CREDENTIALS = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain")) / "s3"
-S3_CREDENTIALS /= "credentials.env"
+STATE = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain"))
+S3_CREDENTIALS = STATE / "s3" / "credentials.env"  # written by hack/cluster/up.sh
 
 
 def cluster_s3() -> dict[str, str]:

@@ -53,7 +53,7 @@ def choose_version(model_dir: str | Path, pinned: int | None) -> int:
 def check(model_dir: str | Path, pinned: int | None) -> int:
     """`kubetrain serve --check-only`: exit 0 if the version to serve is complete, else 2.
 
-    Without TensorFlow, so it answers in a second; what it prints is the pod's last words.
+    It imports no TensorFlow, so it answers quickly; what it prints is the pod's last words.
     """
     try:
         version = choose_version(model_dir, pinned)
