@@ -117,14 +117,6 @@ def _architecture_rule() -> dict[str, str]:
 SPEC_RULES = [
     _architecture_rule(),
     {
-        "rule": "!self.promotion.enabled || has(self.storage.claimName) || has(self.storage.uri)",
-        "message": "spec.storage.claimName or spec.storage.uri is required when "
-        "spec.promotion.enabled is true: the serving Deployment reads the exported model "
-        "from that volume or object store",
-        "fieldPath": ".storage.claimName",
-        "reason": "FieldValueRequired",
-    },
-    {
         "rule": f"!has(self.storage.uri) || self.storage.uri.matches('{OBJECT_STORE_URI}')",
         "message": "spec.storage.uri must be s3://bucket/prefix or gs://bucket/prefix on "
         "Kubernetes (a local path works only with kubetrain run)",

@@ -239,6 +239,7 @@ def reconcile_job(
                 "spec": dict(body.spec),
             }
         )
+        job = SETTINGS.job_defaults.apply(job)
     except SpecError as err:
         update = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
         if update.events:

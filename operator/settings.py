@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetrain.operator.defaults import JobDefaults
 from kubetrain.operator.serving import Access
 from kubetrain.trainer.api.entrypoints import SERVE_COMMAND, WORKER_COMMAND
+from kubetrain.trainer.api.spec import (
+    LOCAL_TRAINER_IMAGE,
+    OBJECT_STORE_URI,
+    Storage,
+    parse_storage,
+)
 
 
 def _command(variable: str, default: list[str] | None) -> list[str] | None:
@@ -42,6 +50,24 @@ def _peers(variable: str) -> list[dict[str, Any]]:
     return value
 
 
+def _job_defaults() -> JobDefaults:
+    """KUBETRAIN_DEFAULT_IMAGE, and KUBETRAIN_DEFAULT_STORAGE as a JSON `spec.storage`."""
+    image = os.environ.get("KUBETRAIN_DEFAULT_IMAGE") or LOCAL_TRAINER_IMAGE
+    raw = os.environ.get("KUBETRAIN_DEFAULT_STORAGE", "").strip()
+    storage: Storage | None = None
+    if raw and raw != "{}":
+        try:
+            storage = parse_storage(json.loads(raw))
+        except ValueError as err:  # SpecError and JSONDecodeError among them
+            raise ValueError(f"KUBETRAIN_DEFAULT_STORAGE: {err}") from None
+        if storage.uri and not re.match(OBJECT_STORE_URI, storage.uri):
+            raise ValueError(
+                f"KUBETRAIN_DEFAULT_STORAGE: uri {storage.uri!r} must be s3://bucket/prefix "
+                "or gs://bucket/prefix"
+            )
+    return JobDefaults(image=image, storage=storage)
+
+
 @dataclass
 class Settings:
     interval: float = field(
@@ -73,6 +99,8 @@ class Settings:
         default_factory=lambda: os.environ.get("KUBETRAIN_METRICS_NAMESPACE") or None
     )
     """The namespace whose pods may scrape serving pods' metrics."""
+    job_defaults: JobDefaults = field(default_factory=_job_defaults)
+    """The trainer image and storage of jobs that name none (the chart's jobDefaults)."""
     liveness_port: int | None = field(
         default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None
     )

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,3 +272,41 @@ def mint_kubeconfig(cluster: Cluster, user: str, *groups: str) -> str:
         timeout=60,
     )
     return proc.stdout
+
+
+# --- the local cluster's S3 server (hack/cluster/up.sh) ---------------------------------------
+
+STATE = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain"))
+S3_CREDENTIALS = STATE / "s3" / "credentials.env"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+def cluster_s3() -> dict[str, str] | None:
+    """The endpoint, keys and bucket (KUBETRAIN_S3_BUCKET) of the local cluster's S3 server;
+    None with a cluster that has none."""
+    if not S3_CREDENTIALS.is_file():
+        return None
+    return dict(line.split("=", 1) for line in S3_CREDENTIALS.read_text().split())
+
+
+def s3_secret(name: str, s3: dict[str, str], keys: tuple[str, ...] = S3_KEYS) -> dict[str, Any]:
+    """A Secret a job's spec.storage.secretName can name: its keys become the pods' env."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {k: s3[k] for k in keys},
+    }
+
+
+def bucket_listing(s3: dict[str, str], prefix: str) -> str:
+    """Every key under `prefix`, read from this machine as any S3 client would."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=s3["AWS_ACCESS_KEY_ID"],
+        secret=s3["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=s3["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+    )
+    return "\n".join(fs.find(prefix))

@@ -6,6 +6,7 @@ Kubernetes OpenAPI documents and the chart's CRD (see hack/tools).
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from charttools import CHART, REPO, Tools
+from kubetrain.operator.settings import Settings
+from kubetrain.trainer.api.spec import LOCAL_TRAINER_IMAGE, OBJECT_STORE_URI
 
 RELEASE, NAMESPACE = "kubetrain", "kubetrain"
 
@@ -117,6 +120,10 @@ def test_the_examples_conform_to_the_trainingjob_schema(tools: Tools) -> None:
         ("logFormat=xml", "at '/logFormat'"),
         ("podSecurityContext.runAsNonRoot=false", "at '/podSecurityContext/runAsNonRoot'"),
         ("workerCommand=kubetrain worker", "at '/workerCommand'"),
+        ("jobDefaults.image=", "at '/jobDefaults/image'"),
+        ("jobDefaults.storage.uri=/var/lib/models", "at '/jobDefaults/storage/uri'"),
+        ("jobDefaults.storage.bucket=models", "at '/jobDefaults/storage'"),
+        ("jobDefaults.storage.s3.endpoint=minio:9000", "at '/jobDefaults/storage/s3/endpoint'"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_field(
@@ -315,6 +322,66 @@ def test_models_claim_is_made_where_the_jobs_run(tools: Tools) -> None:
     assert sorted(c["metadata"]["namespace"] for c in claims) == ["team-a", "team-b"]
     claims = by_kind(objects(tools, ["storage.namespaces={ml}"]), "PersistentVolumeClaim")
     assert [c["metadata"]["namespace"] for c in claims] == ["ml"]
+
+
+def operator_environment(tools: Tools, values: list[str]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in operator_container(objects(tools, values))["env"]}
+
+
+def test_jobs_that_name_no_image_or_storage_get_the_local_image_and_the_charts_claim(
+    tools: Tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = operator_environment(tools, [])
+    for name in ("KUBETRAIN_DEFAULT_IMAGE", "KUBETRAIN_DEFAULT_STORAGE"):
+        monkeypatch.setenv(name, env[name])
+    defaults = Settings().job_defaults  # what the operator makes of the rendered values
+    assert defaults.image == LOCAL_TRAINER_IMAGE
+    assert defaults.storage is not None and defaults.storage.claim_name == "kubetrain-models"
+
+
+def test_a_clusters_registry_and_object_store_are_set_once_in_the_values(
+    tools: Tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = operator_environment(
+        tools,
+        [
+            "storage.create=false",
+            "jobDefaults.image=registry.example.com/ml/kubetrain-trainer:0.1.0",
+            "jobDefaults.storage.uri=s3://models/kubetrain",
+            "jobDefaults.storage.secretName=s3-credentials",
+            "jobDefaults.storage.s3.endpoint=http://minio.storage:9000",
+        ],
+    )
+    for name in ("KUBETRAIN_DEFAULT_IMAGE", "KUBETRAIN_DEFAULT_STORAGE"):
+        monkeypatch.setenv(name, env[name])
+    defaults = Settings().job_defaults
+    assert defaults.image == "registry.example.com/ml/kubetrain-trainer:0.1.0"
+    assert defaults.storage is not None
+    assert defaults.storage.uri == "s3://models/kubetrain"
+    assert defaults.storage.secret_name == "s3-credentials"
+    assert defaults.storage.s3.endpoint == "http://minio.storage:9000"
+
+
+def test_without_the_charts_claim_jobs_get_no_default_storage(tools: Tools) -> None:
+    env = operator_environment(tools, ["storage.create=false"])
+    assert env["KUBETRAIN_DEFAULT_STORAGE"] == "{}"
+
+
+def test_a_default_storage_with_both_a_claim_and_a_store_is_refused(tools: Tools) -> None:
+    done = tools.helm_run(
+        "template",
+        RELEASE,
+        CHART,
+        *set_args(["jobDefaults.storage.claimName=models", "jobDefaults.storage.uri=s3://b/p"]),
+    )
+    assert done.returncode != 0
+    assert "at '/jobDefaults/storage'" in done.stderr
+
+
+def test_the_values_schema_takes_the_object_store_uris_the_crd_takes() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    storage = schema["properties"]["jobDefaults"]["properties"]["storage"]
+    assert storage["properties"]["uri"]["pattern"] == OBJECT_STORE_URI
 
 
 def test_the_example_jobs_name_the_charts_claim(tools: Tools) -> None:

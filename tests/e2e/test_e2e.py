@@ -5,7 +5,9 @@
     3 a better job rolls serving to version 2 under load with no failed request; a worse one
       is not promoted (NotBetter)
     4 a worker killed mid-training: all workers restart and resume from the last checkpoint;
-      then the operator killed: its successor finishes the job, no duplicate workers
+      then the operator killed: its successor finishes the job, no duplicate workers. This
+      job keeps its checkpoints and backup in the cluster's S3 store (when it has one, as
+      the local cluster does): the restarted workers restore from the bucket
     5 a model whose server never becomes ready is rolled back; serving stays up
     6 uninstall leaves nothing behind
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 from charttools import CHART, REPO, Tools
-from kubecluster import Kubectl
+from kubecluster import Kubectl, bucket_listing, cluster_s3, s3_secret
 from kubetrain.operator.manifests import POD_SECURITY_CONTEXT
 from pod_usage import ResourceSampler
 
@@ -486,7 +488,7 @@ def worker_pods(kubectl: Kubectl, job: str) -> list[dict]:
     return kubectl.json("get", "pods", "-l", f"kubetrain.io/job={job}")["items"]
 
 
-def training_job(name: str) -> dict:
+def training_job(name: str, storage: dict) -> dict:
     """Long enough to be interrupted mid-training; its model is not promoted."""
     return mnist_job(
         name,
@@ -495,7 +497,19 @@ def training_job(name: str) -> dict:
         model={"architecture": "mnist-dense", "name": "mnist-scratch"},
         promotion={"enabled": False},
         runPolicy={"cleanPodPolicy": "None"},
+        storage=storage,
     )
+
+
+def object_store(release: Release) -> tuple[dict, dict[str, str] | None]:
+    """(spec.storage, the store's keys): a prefix of the cluster's S3 bucket with the Secret
+    the examples name, or the models claim on a cluster without an S3 server."""
+    s3 = cluster_s3()
+    if s3 is None:
+        return {"claimName": MODELS_CLAIM}, None
+    release.kubectl.apply(s3_secret("s3-credentials", s3))
+    uri = f"s3://{s3['KUBETRAIN_S3_BUCKET']}/{release.namespace}"
+    return {"uri": uri, "secretName": "s3-credentials"}, s3
 
 
 def running_workers(pods: list[dict], attempt: int) -> int:
@@ -528,7 +542,8 @@ def test_4_a_killed_worker_restarts_the_workers_and_a_killed_operator_is_replace
     start = time.monotonic()
     operator = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"
     (old_operator,) = kubectl.json("get", "pods", "-l", operator)["items"]
-    kubectl.apply(training_job("resilient"))
+    storage, s3 = object_store(release)
+    kubectl.apply(training_job("resilient", storage))
     killed_worker: list[dict] = []
     killed_operator: list[dict] = []
     workers_at_operator_kill: set[str] = set()
@@ -586,6 +601,12 @@ def test_4_a_killed_worker_restarts_the_workers_and_a_killed_operator_is_replace
     assert {p["metadata"]["uid"] for p in worker_pods(kubectl, "resilient")} == (
         workers_at_operator_kill
     )
+    if s3 is not None:  # what the chief published is in the bucket, as any S3 client sees it
+        listing = bucket_listing(s3, f"{s3['KUBETRAIN_S3_BUCKET']}/{release.namespace}")
+        job_root = f"{release.namespace}/jobs/resilient"
+        assert f"{job_root}/result.json" in listing, listing
+        assert f"{job_root}/checkpoints/epoch-0006/metrics.json" in listing, listing
+        assert f"{release.namespace}/models/mnist-scratch/1/metadata.json" in listing, listing
 
 
 SABOTEUR = """

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
-from kubecluster import Kubectl
+from kubecluster import Kubectl, bucket_listing, cluster_s3, s3_secret
 from kubetrain.operator.settings import SETTINGS
 from kubetrain.trainer.api.records import EXIT_PERMANENT
 from standins import server_command, worker_command
@@ -450,28 +450,13 @@ def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_o
 
 # --- object storage: no volume anywhere ------------------------------------------------------
 
-STATE = Path(os.environ.get("KUBETRAIN_STATE", "/var/lib/kubetrain"))
-S3_CREDENTIALS = STATE / "s3" / "credentials.env"  # written by hack/cluster/up.sh
-
-
-def cluster_s3() -> dict[str, str]:
-    """The endpoint, keys and bucket of the local cluster's S3 server (hack/cluster/up.sh)."""
-    if not S3_CREDENTIALS.is_file():
-        pytest.skip(f"no S3 server with this cluster ({S3_CREDENTIALS}); the local one has one")
-    return dict(line.split("=", 1) for line in S3_CREDENTIALS.read_text().split())
-
 
 def test_a_job_in_object_storage_trains_and_serves_with_no_volume_at_all(ns: Kubectl):
     s3 = cluster_s3()
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    ns.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "s3"},
-            "stringData": {k: s3[k] for k in keys},
-        }
-    )
+    if s3 is None:
+        pytest.skip("no S3 server with this cluster; the local one (hack/cluster) has one")
+    # Only the keys: the job's spec.storage.s3 points the pods at the store.
+    ns.apply(s3_secret("s3", s3, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
     uri = f"s3://{s3['KUBETRAIN_S3_BUCKET']}/{ns.namespace}"
     storage = {
         "claimName": None,
@@ -512,16 +497,3 @@ def test_a_job_in_object_storage_trains_and_serves_with_no_volume_at_all(ns: Kub
     listing = bucket_listing(s3, f"{s3['KUBETRAIN_S3_BUCKET']}/{ns.namespace}")
     assert f"{ns.namespace}/models/digits/1/metadata.json" in listing, listing
     assert f"{ns.namespace}/jobs/stored/epoch" in listing, listing
-
-
-def bucket_listing(s3: dict[str, str], prefix: str) -> str:
-    """Every key under `prefix`, read from this machine as any S3 client would."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(
-        key=s3["AWS_ACCESS_KEY_ID"],
-        secret=s3["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=s3["AWS_ENDPOINT_URL"],
-        skip_instance_cache=True,
-    )
-    return "\n".join(fs.find(prefix))

@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 from kubetrain.operator import serving
+from kubetrain.operator.defaults import JobDefaults
 from kubetrain.trainer.api.spec import TrainingJob, parse_job
 
 SPEC: dict[str, Any] = {
@@ -31,11 +32,13 @@ def body(name: str = "mnist", namespace: str = "ml", **spec_overrides: Any) -> d
     }
 
 
-def job(b: dict[str, Any]) -> TrainingJob:
-    return parse_job(
+def job(b: dict[str, Any], defaults: JobDefaults | None = None) -> TrainingJob:
+    """The job as the operator's handler sees it: parsed, then given the operator's defaults."""
+    parsed = parse_job(
         {k: b[k] for k in ("apiVersion", "kind", "spec")}
         | {"metadata": {"name": b["metadata"]["name"], "namespace": b["metadata"]["namespace"]}}
     )
+    return (defaults or JobDefaults()).apply(parsed)
 
 
 def pod(

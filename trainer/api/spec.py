@@ -34,6 +34,9 @@ MAX_MODEL_NAME_LENGTH = 63 - len(SERVING_SUFFIX)
 """`<model name>-serving` is the default serving Deployment and Service name."""
 MAX_SEED = 2**32 - 2
 """The split draws with `seed` and `seed + 1`; numpy takes 32-bit seeds."""
+LOCAL_TRAINER_IMAGE = "localhost/kubetrain-trainer:dev"
+"""The trainer image `make images` builds into the local cluster: the operator's default for
+jobs that name none, unless the chart's `jobDefaults.image` says otherwise."""
 
 
 class SpecError(ValueError):
@@ -146,10 +149,11 @@ class ResourceRequirements(_Model):
 
 class Workers(_Model):
     replicas: int = Field(2, ge=1, le=64, description="Worker processes (pods); 0 is the chief.")
-    image: str = Field(
-        "localhost/kubetrain-trainer:dev",
+    image: str | None = Field(
+        None,
         min_length=1,
-        description="Trainer image the worker and serving pods run.",
+        description="Trainer image the worker and serving pods run; by default the operator's "
+        "(the chart's `jobDefaults.image`).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="As in a pod's container."
@@ -196,7 +200,9 @@ class Storage(_Model):
         None,
         pattern=DNS1123_SUBDOMAIN,
         max_length=253,
-        description="PersistentVolumeClaim holding checkpoints and exported models.",
+        description="PersistentVolumeClaim holding checkpoints and exported models. A job "
+        "that names neither this nor `uri` gets the operator's default storage (the chart's "
+        "`jobDefaults.storage`).",
     )
     uri: str | None = Field(
         None,
@@ -344,6 +350,14 @@ def parse_job(document: dict[str, Any]) -> TrainingJob:
         return TrainingJob.model_validate(document)
     except ValidationError as err:
         raise SpecError(f"invalid TrainingJob: {_describe(err)}") from None
+
+
+def parse_storage(document: dict[str, Any]) -> Storage:
+    """Validate a `spec.storage` on its own (the operator's default storage)."""
+    try:
+        return Storage.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(f"invalid storage: {_describe(err)}") from None
 
 
 def parse_value(text: str) -> Any:

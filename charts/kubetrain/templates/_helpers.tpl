@@ -62,6 +62,19 @@ release's own namespace when the list is empty. Only used when watch.allNamespac
 {{- end -}}
 {{- end -}}
 
+{{/*
+The spec.storage of jobs that name none, as JSON: jobDefaults.storage, else the chart's claim.
+*/}}
+{{- define "kubetrain.jobStorage" -}}
+{{- if .Values.jobDefaults.storage -}}
+{{- toJson .Values.jobDefaults.storage -}}
+{{- else if .Values.storage.create -}}
+{{- toJson (dict "claimName" .Values.storage.claimName) -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
 {{- define "kubetrain.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
