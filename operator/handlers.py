@@ -23,6 +23,7 @@ from kubetrain.operator.kube import (
     deployments_path,
     in_cluster,
     network_policies_path,
+    node_path,
     pods_path,
     pvc_path,
     services_path,
@@ -119,6 +120,18 @@ def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
     selector = f"{LABEL_JOB}={name},{LABEL_ROLE}=worker"
     items = kube().request("GET", pods_path(namespace), query={"labelSelector": selector})
     return [summarize_pod(item) for item in items["items"]]
+
+
+def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
+    """The nodes of the job's pods that are lost: asked about only when a pod is not Ready."""
+    lost = set()
+    for node in reconcile.node_suspects(pods):
+        try:
+            if reconcile.node_lost(kube().get(node_path(node))):
+                lost.add(node)
+        except ApiError as err:  # not allowed to read nodes: pods still fail on their own
+            logging.getLogger(__name__).warning("cannot read node %s: %s", node, err)
+    return frozenset(lost)
 
 
 def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
@@ -259,12 +272,13 @@ def reconcile_job(
     if status.get("phase") in (None, Phase.PENDING) and status.get("launchedAttempt") is None:
         problem = _problem(job, namespace)
     generation = raw["metadata"].get("generation")
-    plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
+    lost = _lost_nodes(pods)
+    plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
 
     if plan.create:
         problem = _create_workers(raw, job, plan.create, int(plan.status.get("restarts", restarts)))
         if problem is not None:
-            plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation)
+            plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
     succeeded_now = (
         plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED
     )

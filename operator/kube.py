@@ -157,6 +157,10 @@ COLLECTIONS = {
 """Where objects of each kind the operator creates live, by `kind`."""
 
 
+def node_path(name: str) -> str:
+    return f"/api/v1/nodes/{name}"
+
+
 def pvc_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
 

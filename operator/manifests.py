@@ -193,6 +193,24 @@ def worker_network_policy(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+NODE_TOPOLOGY_KEY = "kubernetes.io/hostname"
+
+
+def spread_constraint(job: str, attempt: int, spec: TrainingJobSpec) -> dict[str, Any]:
+    """One worker per node where possible (or required): this attempt's workers only, so the
+    pods of an attempt on their way out do not count."""
+    return {
+        "maxSkew": 1,
+        "topologyKey": NODE_TOPOLOGY_KEY,
+        "whenUnsatisfiable": "DoNotSchedule"
+        if spec.workers.spread == "Required"
+        else "ScheduleAnyway",
+        "labelSelector": {
+            "matchLabels": {LABEL_JOB: job, LABEL_ROLE: "worker", LABEL_ATTEMPT: str(attempt)}
+        },
+    }
+
+
 def worker_pod(
     body: dict[str, Any],
     job: TrainingJob,
@@ -259,6 +277,8 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.workers.spread != "None":
+        pod_spec["topologySpreadConstraints"] = [spread_constraint(name, attempt, spec)]
     if spec.workers.node_selector:
         pod_spec["nodeSelector"] = dict(spec.workers.node_selector)
     if spec.workers.tolerations:
@@ -300,6 +320,10 @@ def summarize_pod(body: dict[str, Any], container: str = WORKER_CONTAINER) -> di
         (ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")),
         None,
     )
+    ready = next(
+        (c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+        None,
+    )
     return {
         "name": meta.get("name"),
         "owner": owner,
@@ -311,4 +335,6 @@ def summarize_pod(body: dict[str, Any], container: str = WORKER_CONTAINER) -> di
         "reason": reason or status.get("reason"),
         "created": meta.get("creationTimestamp"),
         "deletionTimestamp": meta.get("deletionTimestamp"),
+        "node": (body.get("spec") or {}).get("nodeName"),
+        "ready": ready == "True",
     }

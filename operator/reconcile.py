@@ -70,18 +70,38 @@ def is_finished(spec: TrainingJobSpec, status: dict[str, Any]) -> bool:
     )
 
 
-def _deletions(pods: list[dict[str, Any]], now: datetime, select: Any) -> list[tuple[str, int]]:
-    """Delete the selected pods once; force those stuck terminating on a lost node."""
+def _deletions(
+    pods: list[dict[str, Any]], now: datetime, select: Any, lost: frozenset[str] = frozenset()
+) -> list[tuple[str, int]]:
+    """Delete the selected pods once; force those on a lost node (no kubelet will ever
+    confirm that they stopped) and those stuck terminating."""
     out = []
     for pod in pods:
         if not select(pod):
             continue
         since = parse_time(pod.get("deletionTimestamp"))
-        if since is None:
+        if pod.get("node") in lost:
+            out.append((pod["name"], 0))
+        elif since is None:
             out.append((pod["name"], DELETE_GRACE_SECONDS))
         elif now - since > FORCE_DELETE_AFTER:
             out.append((pod["name"], 0))
     return out
+
+
+def node_suspects(pods: list[dict[str, Any]]) -> set[str]:
+    """Nodes worth asking about: those of pods that should run but are not Ready (when a
+    node stops reporting, the node controller marks its pods not Ready first)."""
+    return {p["node"] for p in pods if p.get("node") and _running(p) and not p.get("ready")}
+
+
+def node_lost(node: dict[str, Any] | None) -> bool:
+    """A node that is gone, or whose Ready condition is False or Unknown (no heartbeat)."""
+    if node is None:
+        return True
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
+    return ready != "True"
 
 
 def _running(pod: dict[str, Any]) -> bool:
@@ -89,7 +109,11 @@ def _running(pod: dict[str, Any]) -> bool:
 
 
 def cleanup(
-    pods: list[dict[str, Any]], policy: str, now: datetime, kill_running: bool = False
+    pods: list[dict[str, Any]],
+    policy: str,
+    now: datetime,
+    kill_running: bool = False,
+    lost: frozenset[str] = frozenset(),
 ) -> list[tuple[str, int]]:
     """Pods to delete when the job has finished, per `cleanPodPolicy`."""
 
@@ -98,7 +122,7 @@ def cleanup(
             return True
         return _running(pod) and (policy == "Running" or kill_running)
 
-    return _deletions(pods, now, select)
+    return _deletions(pods, now, select, lost)
 
 
 def worker_counts(
@@ -106,6 +130,8 @@ def worker_counts(
 ) -> dict[str, Any]:
     phases = [p["phase"] for p in pods]
     ready = phases.count("Running")
+    by_index = {p["index"]: p.get("node") or "" for p in pods}
+    nodes = [by_index.get(i, "") for i in range(replicas)] if any(by_index.values()) else []
     return {
         "workers": {
             "desired": replicas,
@@ -116,6 +142,7 @@ def worker_counts(
             ),
             "failed": phases.count("Failed"),
             "completedIndexes": sorted(completed),
+            "nodes": nodes,
         },
         "workersReady": f"{ready}/{replicas}",
     }
@@ -182,6 +209,8 @@ class _Job:
     """Pods of earlier attempts, on their way out."""
     completed: list[int] = field(default_factory=list)
     """Workers that exited 0 in this attempt."""
+    lost: frozenset[str] = frozenset()
+    """Nodes that stopped reporting (not Ready): their pods' processes are out of reach."""
 
     @property
     def replicas(self) -> int:
@@ -201,8 +230,11 @@ class _Job:
     def fail(self, reason: str, message: str, kill_running: bool = False) -> Plan:
         self.b.fail(ConditionType.RUNNING, reason, message)
         policy = self.spec.run_policy.clean_pod_policy
-        self.b.plan.delete = cleanup(self.pods, policy, self.now, kill_running)
+        self.b.plan.delete = cleanup(self.pods, policy, self.now, kill_running, self.lost)
         return self.done()
+
+    def on_lost_node(self, pod: dict[str, Any]) -> bool:
+        return pod.get("node") in self.lost and pod["phase"] not in ("Succeeded", "Failed")
 
 
 def _finished(job: _Job) -> Plan | None:
@@ -211,7 +243,7 @@ def _finished(job: _Job) -> Plan | None:
         return None
     spec, status, now, b = job.spec, job.status, job.now, job.b
     policy = spec.run_policy
-    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, now)
+    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, now, lost=job.lost)
     phase = status.get("phase")
     if phase == Phase.PROMOTING or (
         phase == Phase.SUCCEEDED and not promotion_decided(spec, status)
@@ -288,7 +320,7 @@ def _restarting(job: _Job) -> Plan | None:
     if not job.stale:
         return None
     job.b.new["phase"] = Phase.RESTARTING
-    job.b.plan.delete = _deletions(job.stale, job.now, lambda _: True)
+    job.b.plan.delete = _deletions(job.stale, job.now, lambda _: True, job.lost)
     return job.done()
 
 
@@ -320,7 +352,7 @@ def _succeeded(job: _Job) -> Plan | None:
     )
     b.event("Normal", Reason.SUCCEEDED, "Training finished")
     b.plan.read_progress = True  # its last epochs, before cleanup deletes its log
-    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, job.now)
+    b.plan.delete = cleanup(job.pods, policy.clean_pod_policy, job.now, lost=job.lost)
     b.plan.promote = job.spec.promotion.enabled
     return job.done()
 
@@ -329,9 +361,16 @@ def _failures(job: _Job) -> list[str]:
     """What went wrong with this attempt's workers, one description each."""
     failures = [_describe_failure(p) for p in job.current if p["phase"] == "Failed"]
     failures += [
+        f"{p['name']} was lost with its node {p['node']} (not Ready)"
+        for p in job.current
+        if job.on_lost_node(p)
+    ]
+    failures += [
         f"{p['name']} was deleted"
         for p in job.current
-        if p["deletionTimestamp"] and p["phase"] not in ("Succeeded", "Failed")
+        if p["deletionTimestamp"]
+        and p["phase"] not in ("Succeeded", "Failed")
+        and not job.on_lost_node(p)
     ]
     if job.status.get("launchedAttempt") == job.restarts:
         failures += [
@@ -358,8 +397,10 @@ def _restart(job: _Job) -> Plan | None:
     b.new["restarts"] = restarts + 1
     b.new["lastFailure"] = message
     b.condition(ConditionType.RUNNING, False, Reason.RESTARTING, message)
+    for node in sorted({p["node"] for p in job.current if job.on_lost_node(p)}):
+        b.event("Warning", Reason.NODE_LOST, f"node {node} is not Ready: its workers are lost")
     b.event("Warning", Reason.RESTARTING, f"restart {restarts + 1} of {limit}: {message}")
-    b.plan.delete = _deletions(job.current, job.now, lambda _: True)
+    b.plan.delete = _deletions(job.current, job.now, lambda _: True, job.lost)
     return job.done(pods=[])
 
 
@@ -407,8 +448,10 @@ def plan(
     now: datetime,
     problem: Problem | None = None,
     generation: int | None = None,
+    lost_nodes: frozenset[str] = frozenset(),
 ) -> Plan:
-    """What to do next for job `name`, given its status and its worker pods' summaries.
+    """What to do next for job `name`, given its status and its worker pods' summaries, and
+    which of their nodes are lost (not Ready).
 
     The steps run in order and the first that decides ends the tick: a finished job, the
     deadline, a problem, a restart under way, a permanent error, the chief's success, a
@@ -429,6 +472,7 @@ def plan(
         current=[p for p in pods if p["attempt"] == restarts],
         stale=[p for p in pods if p["attempt"] != restarts],
         completed=list((status.get("workers") or {}).get("completedIndexes") or []),
+        lost=lost_nodes,
     )
     decided = _finished(job)
     if decided is not None:

@@ -10,6 +10,7 @@ simply takes the next number.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +41,14 @@ def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFuncti
 
 
 def export_model(
-    model: keras.Model, model_root: str | Path, name: str, metadata: dict[str, Any]
+    model: keras.Model,
+    model_root: str | Path,
+    name: str,
+    metadata: dict[str, Any],
+    before_publish: Callable[[], None] = lambda: None,
 ) -> ExportedModel:
-    """Write `model` as the next version of `name` under `model_root` and return where."""
+    """Write `model` as the next version of `name` under `model_root` and return where;
+    `before_publish` may refuse (raise) just before the version appears."""
     models = Store.open(join(str(model_root), name))
     with models.scratch("0") as staging:
         tf.saved_model.save(
@@ -61,5 +67,6 @@ def export_model(
                 "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             (staging / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            before_publish()
             if models.publish(staging, str(version), marker=METADATA_FILE):
                 return ExportedModel(name=name, version=version, path=models.path(str(version)))

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .api.entrypoints import TERMINATION_LOG_ENV, WORKER, s3_environment, worker_arguments
+from .api.entrypoints import (
+    ATTEMPT_ENV,
+    TERMINATION_LOG_ENV,
+    WORKER,
+    s3_environment,
+    worker_arguments,
+)
 from .api.layout import MODELS_DIR, RESULT_FILE, job_workdir, model_root
 from .api.records import (
     EXIT_PERMANENT,
@@ -115,6 +121,7 @@ class LocalJob:
         model_root: str,
         replicas: int,
         storage_env: dict[str, str],
+        attempt: int = 0,
     ) -> None:
         self.records: queue.Queue[tuple[int, Record]] = queue.Queue()
         self.processes: list[subprocess.Popen[str]] = []
@@ -123,6 +130,7 @@ class LocalJob:
         addresses = [f"localhost:{port}" for port in free_ports(replicas)]
         for index in range(replicas):
             env = {**os.environ, **storage_env, TF_CONFIG: tf_config(addresses, index)}
+            env[ATTEMPT_ENV] = str(attempt)  # as the operator numbers them (fencing)
             env[TERMINATION_LOG_ENV] = str(logs / f"worker-{index}.termination")
             with open(logs / f"worker-{index}.log", "a") as log:
                 process = subprocess.Popen(
@@ -198,7 +206,7 @@ def run_local(job: TrainingJob, workdir: Path, display: Display | None = None) -
     restarts = 0
     while True:
         attempt = LocalJob(
-            job_file, workdir, state, model_root, job.spec.workers.replicas, storage_env
+            job_file, workdir, state, model_root, job.spec.workers.replicas, storage_env, restarts
         )
         try:
             outcome = _supervise(attempt, display, deadline)

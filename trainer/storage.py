@@ -202,15 +202,16 @@ class Store:
         with named_errors(target):
             if not replace and self.fs.exists(target):
                 return False
-            files = sorted(p for p in local.rglob("*") if p.is_file())
-            names = {p.relative_to(local).as_posix() for p in files}
-            for path in files:
-                if path.name != marker or path.parent != local:
-                    self.fs.put_file(str(path), join(target, path.relative_to(local).as_posix()))
+            names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+            data = [name for name in names if name != marker]
+            # The data files all at once (the client sends them concurrently), the marker after.
+            self.fs.put([str(local / n) for n in data], [join(target, n) for n in data])
             self.fs.put_file(str(local / marker), join(target, marker))
-            for old in self.fs.find(target):
-                if str(old)[len(target.split("://", 1)[-1]) + 1 :] not in names:
-                    self.fs.rm_file(old)
+            if replace:  # an older copy may hold files this one lacks
+                prefix = len(target.split("://", 1)[-1]) + 1
+                stale = [old for old in self.fs.find(target) if str(old)[prefix:] not in names]
+                if stale:
+                    self.fs.rm(stale)
         return True
 
     def fetch(self, rel: str, local: Path) -> Path:

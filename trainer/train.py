@@ -31,6 +31,7 @@ from .api.status import ModelRef
 from .api.tfconfig import Cluster
 from .data import Source, load_source, shard, split
 from .export import export_model
+from .fence import Fence, attempt_from_env
 from .models import build_model, compile_model
 from .storage import Store
 from .tflib import keras, tf
@@ -116,9 +117,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
     local store the chief publishes at once (a rename); to an object store, in the background.
     """
 
-    def __init__(self, store: Store, cluster: Cluster, uploads: Uploads) -> None:
+    def __init__(self, store: Store, cluster: Cluster, uploads: Uploads, fence: Fence) -> None:
         super().__init__()
-        self.store, self.cluster, self.uploads = store, cluster, uploads
+        self.store, self.cluster, self.uploads, self.fence = store, cluster, uploads, fence
+
+    def _publish(self, staging: Path, number: int, metrics: dict[str, Any]) -> None:
+        self.fence.check()
+        checkpoints.publish(self.store, staging, number, metrics)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.cluster.is_chief:
@@ -132,16 +137,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if self.store.local:
             with self.store.scratch(checkpoints.checkpoint_name(number)) as staging:
                 self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
-                checkpoints.publish(self.store, staging, number, metrics)
+                self._publish(staging, number, metrics)
             return
         # The previous epoch's checkpoint and backup are in the store before this epoch is
         # reported done: a crash loses at most the epoch that was still uploading.
         self.uploads.wait()
         staging = Path(tempfile.mkdtemp(prefix="kubetrain-ckpt-"))
         self.model.save_weights(str(staging / checkpoints.WEIGHTS_PREFIX))
-        self.uploads.submit(
-            lambda: checkpoints.publish(self.store, staging, number, metrics), staging
-        )
+        self.uploads.submit(lambda: self._publish(staging, number, metrics), staging)
 
 
 BACKUP_STATE = "chief"
@@ -160,10 +163,17 @@ class PublishBackup(keras.callbacks.Callback):
     files are copied at once (the next epoch overwrites them) and uploaded in the background.
     """
 
-    def __init__(self, store: Store, local: Path, cluster: Cluster, uploads: Uploads) -> None:
+    def __init__(
+        self, store: Store, local: Path, cluster: Cluster, uploads: Uploads, fence: Fence
+    ) -> None:
         super().__init__()
         self.store, self.local, self.cluster = store, local / BACKUP_STATE, cluster
-        self.uploads = uploads
+        self.uploads, self.fence = uploads, fence
+
+    def _publish(self, staging: Path) -> None:
+        self.fence.check()
+        marker = Path(BACKUP_MARKER).name
+        self.store.publish(staging, BACKUP_STATE, marker=marker, replace=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.cluster.is_chief:
@@ -172,10 +182,7 @@ class PublishBackup(keras.callbacks.Callback):
         for path in self.local.iterdir():
             if path.is_file():
                 shutil.copy2(path, staging / path.name)
-        marker = Path(BACKUP_MARKER).name
-        self.uploads.submit(
-            lambda: self.store.publish(staging, BACKUP_STATE, marker=marker, replace=True), staging
-        )
+        self.uploads.submit(lambda: self._publish(staging), staging)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -295,6 +302,9 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
     stored = Store.open(layout.checkpoints)
     backup = Store.open(layout.backup)
     has_backup = backup.exists(BACKUP_MARKER)
+    fence = Fence(Store.open(layout.workdir), attempt_from_env())
+    if cluster.is_chief:
+        fence.claim(resuming=has_backup)
     if cluster.is_chief and not has_backup:
         # A fresh start: epochs left by an earlier, finished run must not compete for "best".
         stored.remove("")
@@ -311,7 +321,9 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         if has_backup and not backup.local:
             backup.fetch("", local_backup)
         uploads = Uploads()
-        published = [] if backup.local else [PublishBackup(backup, local_backup, cluster, uploads)]
+        published = (
+            [] if backup.local else [PublishBackup(backup, local_backup, cluster, uploads, fence)]
+        )
         model.fit(
             strategy.distribute_datasets_from_function(lambda _: train_ds),
             epochs=spec.training.epochs,
@@ -322,7 +334,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
                 StopOnDivergence(spec.training.learning_rate),
                 # Publish the checkpoint before the backup marks the epoch done, so a crash
                 # between the two retrains the epoch instead of losing its checkpoint.
-                EpochCheckpoint(stored, cluster, uploads),
+                EpochCheckpoint(stored, cluster, uploads, fence),
                 keras.callbacks.BackupAndRestore(str(local_backup)),
                 *published,
                 reporter,
@@ -337,7 +349,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
             # start afresh. (A local store is that copy: the other workers may still be
             # writing their throwaway files in it, so it is left to BackupAndRestore.)
             backup.remove("")
-        return finish(job, layout, source, parts.test, started, reporter, Path(scratch))
+        return finish(job, layout, source, parts.test, started, reporter, Path(scratch), fence)
 
 
 def finish(
@@ -348,8 +360,10 @@ def finish(
     started: float,
     reporter: ProgressReporter,
     scratch: Path,
+    fence: Fence,
 ) -> Result:
-    """Evaluate the best epoch on the test split, export it and write result.json."""
+    """Evaluate the best epoch on the test split, export it and write result.json (unless a
+    later attempt has started meanwhile: `fence`)."""
     spec = job.spec
     metric = spec.training.metric
     stored = Store.open(layout.checkpoints)
@@ -378,7 +392,9 @@ def finish(
             "metric": metric,
             "metrics": {**best.metrics, **test},
             "classNames": source.class_names,
+            "attempt": fence.attempt,
         },
+        before_publish=fence.check,
     )
     examples_per_second = (
         reporter.examples / reporter.train_seconds if reporter.train_seconds else 0
@@ -396,5 +412,6 @@ def finish(
         examples_per_second=round(examples_per_second, 1),
         test_examples=len(test_indices),
     )
+    fence.check()
     Store.open(layout.workdir).write_text(RESULT_FILE, json.dumps(result.document(), indent=2))
     return result

@@ -19,6 +19,7 @@ from .api.layout import MODELS_DIR, Layout
 from .api.records import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCEEDED, Error, Finished, emit
 from .api.spec import SpecError, TrainingJob, load_job, parse_job
 from .data import DataError
+from .fence import Superseded
 from .storage import StorageError, join
 
 
@@ -49,7 +50,7 @@ def run_worker(job_file: str | None, workdir: str, model_root: str | None) -> in
 
         layout = Layout(workdir=workdir, model_root=model_root or join(workdir, MODELS_DIR))
         result = train(job, layout)
-    except (SpecError, DataError, StorageError) as err:
+    except (SpecError, DataError, StorageError, Superseded) as err:
         emit(Error(message=str(err), permanent=True))
         _write_termination_log(str(err))
         print(f"error: {err}", file=sys.stderr)

@@ -181,7 +181,8 @@ OPERATOR_GRANTS = {
     ("", "events", "create"),
 }
 DISCOVERY_GRANTS = {
-    ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+    *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")},
+    ("", "nodes", "get"),  # is a lost worker's node Ready?
 }
 
 

@@ -21,6 +21,7 @@ import argparse, json, os, sys, time
 from kubetrain.trainer.api import entrypoints, layout, records, tfconfig
 from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.api.status import ModelRef
+from kubetrain.trainer.fence import Fence, Superseded
 from kubetrain.trainer.storage import Store, join
 
 parser = argparse.ArgumentParser()
@@ -44,6 +45,19 @@ work = Store.open(args.workdir)  # a volume's directory or an object store, as t
 saved = work.read_text("epoch")  # what BackupAndRestore would resume from
 start = int(saved) + 1 if saved else 1
 print("stand-in worker", cluster.index, "attempt", attempt, "from epoch", start, flush=True)
+fence = Fence(work, attempt)  # the trainer's fencing, as its chief does it
+
+def publish(write):
+    try:
+        fence.check()
+    except Superseded as err:
+        print("fenced:", err, flush=True)
+        records.emit(records.Error(message=str(err), permanent=True))
+        finish(records.EXIT_PERMANENT, str(err))
+    write()
+
+if cluster.is_chief:
+    fence.claim(resuming=start > 1)
 if start > 1:
     records.emit(records.Resumed(worker=cluster.index, from_epoch=start))
 val = plan["valAccuracy"]
@@ -64,7 +78,7 @@ for epoch in range(start, total + 1):
         records.emit(records.Epoch(worker=cluster.index, epoch=epoch, total_epochs=total,
                                    metrics=metrics, seconds=plan["epochSeconds"],
                                    examples_per_second=1000.0))
-        work.write_text("epoch", str(epoch))
+        publish(lambda: work.write_text("epoch", str(epoch)))
 if not cluster.is_chief:
     finish(records.EXIT_SUCCEEDED, "")
 version = plan["version"]
@@ -77,7 +91,7 @@ if plan.get("export", True):  # published as the exporter does: complete, marker
         (staging / layout.METADATA_FILE).write_text(json.dumps(
             {"jobName": job.metadata.name, "metric": "val_accuracy",
              "metrics": {"val_accuracy": val}}))
-        models.publish(staging, str(version), marker=layout.METADATA_FILE)
+        publish(lambda: models.publish(staging, str(version), marker=layout.METADATA_FILE))
 result = records.Result(
     job_name=job.metadata.name, best_epoch=total, metric="val_accuracy",
     validation={"val_accuracy": val, "val_loss": 1.0 / total},

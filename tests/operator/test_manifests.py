@@ -125,8 +125,10 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
             "name": "mnist-worker-1",
             "labels": {"kubetrain.io/worker-index": "1", "kubetrain.io/attempt": "2"},
         },
+        "spec": {"nodeName": "node-b"},
         "status": {
             "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False"}],
             "containerStatuses": [
                 {
                     "name": "worker",
@@ -152,6 +154,8 @@ def test_summarize_pod_reads_the_workers_exit_and_message():
         "reason": "OOMKilled",
         "created": None,
         "deletionTimestamp": None,
+        "node": "node-b",
+        "ready": False,
     }
     evicted = {
         "metadata": {"name": "x", "labels": {"kubetrain.io/worker-index": "0"}},
@@ -205,3 +209,24 @@ def test_only_the_jobs_own_workers_may_reach_its_workers_tensorflow_port():
     }
     # Garbage-collected with the job, like the pods it protects.
     assert policy["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]
+
+
+def test_workers_spread_over_nodes_by_default_counting_only_their_own_attempt():
+    b = body()
+    (constraint,) = worker_pod(b, job(b), 1, 3)["spec"]["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "kubernetes.io/hostname"
+    assert constraint["maxSkew"] == 1
+    assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert constraint["labelSelector"]["matchLabels"] == {
+        "kubetrain.io/job": "mnist",
+        "kubetrain.io/role": "worker",
+        "kubetrain.io/attempt": "3",
+    }
+
+
+def test_spreading_can_be_required_or_turned_off():
+    required = body(workers={"spread": "Required"})
+    (constraint,) = worker_pod(required, job(required), 0, 0)["spec"]["topologySpreadConstraints"]
+    assert constraint["whenUnsatisfiable"] == "DoNotSchedule"
+    packed = body(workers={"spread": "None"})
+    assert "topologySpreadConstraints" not in worker_pod(packed, job(packed), 0, 0)["spec"]

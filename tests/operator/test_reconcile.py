@@ -8,6 +8,8 @@ from kubetrain.operator.reconcile import (
     Plan,
     Problem,
     creation_problem,
+    node_lost,
+    node_suspects,
     owned_pods,
     plan,
     reject,
@@ -23,10 +25,12 @@ def run(
     pods: list[dict],
     now: datetime = T0,
     problem: Problem | None = None,
+    lost: frozenset[str] = frozenset(),
     **spec_overrides,
 ) -> tuple[Plan, dict]:
     """One reconcile; returns the plan and the status after its patch is applied."""
-    p = plan(job(body(**spec_overrides)).spec, "mnist", status, pods, now, problem)
+    spec = job(body(**spec_overrides)).spec
+    p = plan(spec, "mnist", status, pods, now, problem, lost_nodes=lost)
     return p, {**status, **p.status}
 
 
@@ -288,3 +292,56 @@ def test_pods_of_another_job_with_the_same_name_count_for_nothing():
     p, status = run(started(), owned_pods(leftovers, "uid-1234"))
     assert status["phase"] == "Pending"
     assert not p.promote
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+def test_the_status_names_the_node_of_each_worker():
+    _, status = run(started(), [pod(0, node="node-a"), pod(1, "Pending")])
+    assert status["workers"]["nodes"] == ["node-a", ""]
+    _, status = run(status, [pod(0, node="node-a"), pod(1, node="node-b")])
+    assert status["workers"]["nodes"] == ["node-a", "node-b"]
+
+
+def test_a_worker_on_a_lost_node_restarts_the_job_at_once_and_is_removed_by_force():
+    pods = [pod(0, node="node-a"), pod(1, node="node-b", ready=False)]
+    p, status = run(running(), pods, lost=frozenset({"node-b"}))
+    assert status["phase"] == "Restarting"
+    assert "mnist-worker-1 was lost with its node node-b (not Ready)" in status["lastFailure"]
+    # No kubelet will confirm the lost pod stopped: it goes from the API at once.
+    assert sorted(p.delete) == [("mnist-worker-0", 1), ("mnist-worker-1", 0)]
+    assert ("Warning", "NodeLost", "node node-b is not Ready: its workers are lost") in p.events
+
+
+def test_the_lost_nodes_pods_of_an_old_attempt_go_at_once_too():
+    _, status = run(running(), [pod(0, node="node-a"), pod(1, "Failed", exit_code=1)])
+    stale = [pod(0, node="node-a", deleting=now_iso(T0), ready=False)]
+    p, _ = run(status, stale, T0 + timedelta(seconds=2), lost=frozenset({"node-a"}))
+    assert p.delete == [("mnist-worker-0", 0)]
+
+
+def test_a_pod_on_a_node_that_came_back_is_left_alone():
+    status = running()
+    p, after = run(status, [pod(0, node="node-a"), pod(1, node="node-b")])
+    assert p.delete == [] and after["phase"] == "Running"
+
+
+def test_only_the_nodes_of_unready_running_pods_are_asked_about():
+    pods = [
+        pod(0, node="node-a"),
+        pod(1, node="node-b", ready=False),
+        pod(2, "Failed", node="node-c", ready=False),
+        pod(3, "Pending"),
+    ]
+    assert node_suspects(pods) == {"node-b"}
+
+
+def test_a_node_is_lost_when_gone_or_its_ready_condition_is_not_true():
+    def node(ready: str) -> dict:
+        return {"status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+    assert not node_lost(node("True"))
+    assert node_lost(node("Unknown"))  # no heartbeat within the grace period
+    assert node_lost(node("False"))
+    assert node_lost(None)  # deleted

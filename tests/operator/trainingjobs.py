@@ -51,6 +51,8 @@ def pod(
     deleting: str | None = None,
     job_name: str = "mnist",
     owner: str = "uid-1234",
+    node: str | None = None,
+    ready: bool | None = None,
 ) -> dict[str, Any]:
     return {
         "name": f"{job_name}-worker-{index}",
@@ -62,6 +64,8 @@ def pod(
         "message": message,
         "reason": reason,
         "deletionTimestamp": deleting,
+        "node": node,
+        "ready": phase == "Running" if ready is None else ready,
     }
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 RESULT_FILE = "result.json"
+FENCE_FILE = "attempt"
+"""In a job's workdir: the latest attempt whose chief started (`kubetrain.trainer.fence`)."""
 METADATA_FILE = "metadata.json"
 """What the trainer records beside each exported SavedModel (class names, metrics, ...)."""
 SAVED_MODEL_FILE = "saved_model.pb"

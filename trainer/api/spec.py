@@ -147,6 +147,9 @@ class ResourceRequirements(_Model):
     limits: dict[str, str] = Field(default_factory=dict, description="e.g. `memory: 2Gi`.")
 
 
+Spread = Literal["Preferred", "Required", "None"]
+
+
 class Workers(_Model):
     replicas: int = Field(2, ge=1, le=64, description="Worker processes (pods); 0 is the chief.")
     image: str | None = Field(
@@ -166,6 +169,11 @@ class Workers(_Model):
     )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="Taints the worker pods tolerate."
+    )
+    spread: Spread = Field(
+        "Preferred",
+        description="Workers on different nodes: `Preferred` (where the scheduler can), "
+        "`Required` (a worker stays Pending rather than share a node) or `None`.",
     )
 
 

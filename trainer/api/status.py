@@ -50,6 +50,7 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     PERMANENT_ERROR = "PermanentError"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    NODE_LOST = "NodeLost"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     # Succeeded
     CHIEF_SUCCEEDED = "ChiefSucceeded"
@@ -99,6 +100,11 @@ class WorkerCounts(_Status):
     completed_indexes: list[int] = Field(
         default_factory=list,
         description="Workers that exited 0 in the current attempt; never started again.",
+    )
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="The node each worker of the current attempt runs on, by index "
+        "(empty until it is scheduled).",
     )
 
 
