@@ -220,10 +220,9 @@ def _promote(
         k.create(COLLECTIONS[obj["kind"]](namespace), obj)
     if step.patch is not None:
         k.strategic_patch(path, step.patch)
-    if step.remove:
-        k.delete(path)
-        k.delete(services_path(namespace, name))
-        k.delete(network_policies_path(namespace, name))
+    if step.remove:  # every serving object bears the Deployment's name
+        for collection in COLLECTIONS.values():
+            k.delete(collection(namespace, name))
     if step.remove_check:  # once its answer has been acted on
         k.delete(check_path)
     return step.status, step.events

@@ -149,10 +149,24 @@ def network_policies_path(namespace: str, name: str | None = None) -> str:
     )
 
 
+def disruption_budgets_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets" + (
+        f"/{name}" if name else ""
+    )
+
+
+def autoscalers_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers" + (
+        f"/{name}" if name else ""
+    )
+
+
 COLLECTIONS = {
     "Service": services_path,
     "Deployment": deployments_path,
     "NetworkPolicy": network_policies_path,
+    "PodDisruptionBudget": disruption_budgets_path,
+    "HorizontalPodAutoscaler": autoscalers_path,
 }
 """Where objects of each kind the operator creates live, by `kind`."""
 

@@ -273,7 +273,9 @@ def plan(
             step.create = [
                 *([serving.network_policy(spec, namespace, access)] if access else []),
                 serving.service(spec, namespace),
+                serving.disruption_budget(spec, namespace),
                 serving.deployment(spec, namespace, version, new, command),
+                *([hpa] if (hpa := serving.autoscaler(spec, namespace)) else []),
             ]
         else:
             step.patch = serving.version_patch(spec, version, new)

@@ -34,7 +34,7 @@ from kubetrain.trainer.api.entrypoints import (
     serve_arguments,
 )
 from kubetrain.trainer.api.layout import model_dir
-from kubetrain.trainer.api.spec import TrainingJobSpec
+from kubetrain.trainer.api.spec import REQUESTS_PER_SECOND_METRIC, TrainingJobSpec
 
 SERVER_CONTAINER = "server"
 LABEL_SERVING = "kubetrain.io/serving"
@@ -215,7 +215,7 @@ def deployment(
             "annotations": {k: v for k, v in annotations.items() if v is not None},
         },
         "spec": {
-            "replicas": spec.promotion.replicas,
+            "replicas": initial_replicas(spec),
             "selector": {"matchLabels": labels},
             "progressDeadlineSeconds": spec.promotion.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
@@ -340,6 +340,85 @@ def network_policy(spec: TrainingJobSpec, namespace: str, access: Access) -> dic
             "ingress": rules,
         },
     }
+
+
+DEFAULT_CPU_TARGET = 70
+"""Percent of the CPU request, when an autoscaled job names no target."""
+
+
+def initial_replicas(spec: TrainingJobSpec) -> int:
+    """Replicas the Deployment is created with; an autoscaler owns the number from then on."""
+    scaling = spec.promotion.autoscaling
+    return scaling.min_replicas if scaling else spec.promotion.replicas
+
+
+def _owned_by_serving(spec: TrainingJobSpec, namespace: str, kind: str, api: str) -> dict:
+    name = spec.serving_deployment
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**serving_labels(name), **MANAGED_BY},
+        },
+    }
+
+
+def disruption_budget(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
+    """Voluntary disruptions (a node drain) take one serving pod at a time."""
+    budget = _owned_by_serving(spec, namespace, "PodDisruptionBudget", "policy/v1")
+    budget["spec"] = {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": serving_labels(spec.serving_deployment)},
+    }
+    return budget
+
+
+def autoscaler(spec: TrainingJobSpec, namespace: str) -> dict[str, Any] | None:
+    """The serving Deployment's HorizontalPodAutoscaler, or None without autoscaling."""
+    scaling = spec.promotion.autoscaling
+    if scaling is None:
+        return None
+    metrics: list[dict[str, Any]] = []
+    cpu = scaling.target_cpu_utilization
+    if cpu is None and scaling.target_requests_per_second is None:
+        cpu = DEFAULT_CPU_TARGET
+    if cpu is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": cpu},
+                },
+            }
+        )
+    if scaling.target_requests_per_second is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": REQUESTS_PER_SECOND_METRIC},
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": f"{scaling.target_requests_per_second:g}",
+                    },
+                },
+            }
+        )
+    hpa = _owned_by_serving(spec, namespace, "HorizontalPodAutoscaler", "autoscaling/v2")
+    hpa["spec"] = {
+        "scaleTargetRef": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": spec.serving_deployment,
+        },
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": metrics,
+    }
+    return hpa
 
 
 def is_managed(dep: dict[str, Any]) -> bool:

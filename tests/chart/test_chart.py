@@ -177,6 +177,8 @@ OPERATOR_GRANTS = {
     *{("", "services", v) for v in ("create", "delete")},
     *{("apps", "deployments", v) for v in ("get", "create", "patch", "delete")},
     *{("networking.k8s.io", "networkpolicies", v) for v in ("create", "delete")},
+    *{("policy", "poddisruptionbudgets", v) for v in ("create", "delete")},
+    *{("autoscaling", "horizontalpodautoscalers", v) for v in ("create", "delete")},
     ("", "persistentvolumeclaims", "get"),
     ("", "events", "create"),
 }

@@ -11,6 +11,7 @@ from kubetrain.operator.promotion import gate, rollout_state
 from kubetrain.operator.serving import served_annotations, served_version
 from kubetrain.operator.status import get_condition
 from kubetrain.trainer.api.entrypoints import SERVER_PORT
+from kubetrain.trainer.api.spec import SpecError, TrainingJobSpec
 from kubetrain.trainer.api.status import Phase, Reason
 from trainingjobs import body, job, serving_deployment, strategic_merge
 
@@ -208,8 +209,8 @@ def test_a_deployment_someone_else_made_is_left_alone():
 
 def test_the_first_model_creates_the_service_and_the_deployment_pinned_to_it():
     step = decide(succeeded(version=1), None)
-    service, dep = step.create
-    assert (service["kind"], dep["kind"]) == ("Service", "Deployment")
+    *_, dep = step.create
+    assert [o["kind"] for o in step.create] == ["Service", "PodDisruptionBudget", "Deployment"]
     assert served_version(dep) == 1
     assert dep["metadata"]["annotations"]["kubetrain.io/promoted-by"] == "uid-new"
     assert step.status["phase"] == Phase.PROMOTING
@@ -223,8 +224,13 @@ def test_the_first_model_fences_its_pods_before_anything_can_reach_them():
     step = promotion.plan(
         SPEC, "ml", "uid-new", succeeded(version=1), None, T0, None, access, model_check()
     )
-    policy, _, dep = step.create
-    assert [o["kind"] for o in step.create] == ["NetworkPolicy", "Service", "Deployment"]
+    policy, _, _, dep = step.create
+    assert [o["kind"] for o in step.create] == [
+        "NetworkPolicy",
+        "Service",
+        "PodDisruptionBudget",
+        "Deployment",
+    ]
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"] == pod_labels
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -451,3 +457,67 @@ def test_the_check_pod_is_the_serving_pod_run_once_with_check_only():
     assert pod["metadata"]["name"] == "mnist-model-check"
     assert pod["metadata"]["labels"]["kubetrain.io/role"] == "model-check"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]
+
+
+# --- availability and autoscaling ------------------------------------------------------------
+
+
+def test_a_drain_takes_one_serving_pod_at_a_time():
+    step = decide(succeeded(version=1), None)
+    budget = next(o for o in step.create if o["kind"] == "PodDisruptionBudget")
+    dep = next(o for o in step.create if o["kind"] == "Deployment")
+    assert budget["metadata"]["name"] == "mnist-serving"
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert not any(o["kind"] == "HorizontalPodAutoscaler" for o in step.create)
+
+
+def autoscaled(**autoscaling) -> TrainingJobSpec:
+    return job(body(promotion={"deployment": "mnist-serving", "autoscaling": autoscaling})).spec
+
+
+def test_autoscaling_creates_an_autoscaler_for_the_deployment_starting_at_its_minimum():
+    spec = autoscaled(minReplicas=2, maxReplicas=6, targetCpuUtilization=50)
+    step = promotion.plan(
+        spec, "ml", "uid-new", succeeded(version=1), None, T0, None, None, model_check()
+    )
+    dep = next(o for o in step.create if o["kind"] == "Deployment")
+    hpa = next(o for o in step.create if o["kind"] == "HorizontalPodAutoscaler")
+    assert dep["spec"]["replicas"] == 2
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "mnist-serving",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    (cpu,) = hpa["spec"]["metrics"]
+    assert cpu["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 50},
+    }
+
+
+def test_a_requests_per_second_target_asks_for_the_servers_request_rate():
+    hpa = serving.autoscaler(autoscaled(maxReplicas=4, targetRequestsPerSecond=200), "ml")
+    (rate,) = hpa["spec"]["metrics"]
+    assert rate["pods"]["metric"]["name"] == "kubetrain_serving_requests_per_second"
+    assert rate["pods"]["target"] == {"type": "AverageValue", "averageValue": "200"}
+    defaulted = serving.autoscaler(autoscaled(maxReplicas=4), "ml")
+    assert defaulted["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_a_rollout_never_touches_the_replicas_the_autoscaler_set():
+    spec = autoscaled(minReplicas=1, maxReplicas=5)
+    served = serving_deployment(1, 0.9, autoscaling={"minReplicas": 1, "maxReplicas": 5})
+    served["spec"]["replicas"] = 4  # the autoscaler scaled out
+    step = promotion.plan(
+        spec, "ml", "uid-new", succeeded(version=2), served, T0, None, None, model_check()
+    )
+    assert step.patch is not None
+    assert "replicas" not in step.patch.get("spec", {})
+    assert strategic_merge(served, step.patch)["spec"]["replicas"] == 4
+
+
+def test_autoscaling_bounds_must_make_sense():
+    with pytest.raises(SpecError, match="maxReplicas must be at least minReplicas"):
+        autoscaled(minReplicas=3, maxReplicas=2)

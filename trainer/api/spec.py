@@ -244,6 +244,38 @@ class Storage(_Model):
         return self
 
 
+REQUESTS_PER_SECOND_METRIC = "kubetrain_serving_requests_per_second"
+"""The per-pod metric a requests-per-second target names: the rate of the model server's
+`kubetrain_serving_requests_total`, as a custom-metrics adapter (prometheus-adapter, say)
+serves it under this name."""
+
+
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler for the serving Deployment, between these bounds."""
+
+    min_replicas: int = Field(1, ge=1, le=100, description="Fewest serving pods.")
+    max_replicas: int = Field(ge=1, le=100, description="Most serving pods.")
+    target_cpu_utilization: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Average CPU use to hold the pods at, in percent of the serving "
+        "container's CPU request (70 when no target is given).",
+    )
+    target_requests_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second per pod to hold the pods at; needs a custom-metrics "
+        f"adapter serving `{REQUESTS_PER_SECOND_METRIC}` for the pods.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be at least minReplicas")
+        return self
+
+
 class Promotion(_Model):
     enabled: bool = Field(True, description="Promote the best model when the job succeeds.")
     deployment: str | None = Field(
@@ -266,6 +298,11 @@ class Promotion(_Model):
     )
     progress_deadline_seconds: int = Field(
         300, ge=10, description="Roll back if the rollout has not finished by then."
+    )
+    autoscaling: Autoscaling | None = Field(
+        None,
+        description="Scale the serving pods with load instead of keeping `replicas`; the "
+        "operator then never sets the Deployment's replicas after creating it.",
     )
 
 

@@ -121,6 +121,14 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "delete"]
+# The serving Deployment's PodDisruptionBudget, and its HorizontalPodAutoscaler when the job
+# asks for autoscaling: made with the Deployment, removed with one that never served.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "delete"]
 # A job waits (ClaimNotFound) until the PVCs it names exist.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
