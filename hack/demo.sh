@@ -29,7 +29,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "images"
 make --no-print-directory images
 step "cluster"
-eval "$(make --no-print-directory cluster | tail -n 1)"   # export KUBECONFIG=...
+# An assignment, not `eval "$(...)"`: a failed start must stop the demo here (pipefail).
+cluster_env="$(make --no-print-directory cluster | tail -n 1)"
+eval "${cluster_env}"   # export KUBECONFIG=...
 step "tools (helm, kubectl)"
 eval "$(hack/tools/install.sh | grep '^KUBETRAIN_TOOLS_BIN=')"
 export PATH="${KUBETRAIN_TOOLS_BIN}:${PATH}"

@@ -14,10 +14,10 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CLAIM
 from kopf.testing import KopfRunner
 from kubecluster import Kubectl, bucket_listing, cluster_s3, s3_secret
 from kubetrain.operator.settings import SETTINGS
@@ -27,34 +27,8 @@ from standins import server_command, worker_command
 pytestmark = pytest.mark.cluster
 
 IMAGE = os.environ.get("KUBETRAIN_TRAINER_IMAGE", "localhost/kubetrain-trainer:dev")
-CRD = Path(__file__).resolve().parents[2] / "crds" / "trainingjobs.kubetrain.io.yaml"
-CLAIM = "models"
 # kopf's log line for a handler that raised anything but kopf.TemporaryError (a planned retry).
 HANDLER_FAILURE = re.compile(r"^.* failed (?:with an exception|permanently)\b.*$", re.MULTILINE)
-
-
-@pytest.fixture
-def crd(kubectl: Kubectl) -> None:
-    """Applied for every test: cheap, and a test never depends on an earlier one's cluster."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "crd/trainingjobs.kubetrain.io", "--timeout=60s")
-
-
-@pytest.fixture
-def ns(namespace: Kubectl, crd: None) -> Kubectl:
-    """A fresh namespace with a PVC for checkpoints and models."""
-    namespace.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": CLAIM},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "64Mi"}},
-            },
-        }
-    )
-    return namespace
 
 
 @contextlib.contextmanager
