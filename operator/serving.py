@@ -25,6 +25,7 @@ from kubetrain.operator.manifests import (
 )
 from kubetrain.trainer.api.entrypoints import (
     CHECK_ONLY_FLAG,
+    GRPC_PORT,
     MODEL_DIR_FLAG,
     MODEL_VERSION_ENV,
     PULL_COMMAND,
@@ -162,7 +163,10 @@ def _pod_spec(spec: TrainingJobSpec, version: int, command: list[str] | None) ->
     )
     server.update(
         {
-            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+            "ports": [
+                {"name": "http", "containerPort": SERVER_PORT},
+                {"name": "grpc", "containerPort": GRPC_PORT},
+            ],
             "readinessProbe": probe,
             # Loading TensorFlow and the model can take a minute on a busy node: liveness
             # starts once the server is up, not on a timer.
@@ -311,7 +315,10 @@ def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
         },
         "spec": {
             "selector": serving_labels(name),
-            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT}],
+            "ports": [
+                {"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT},
+            ],
         },
     }
 
@@ -319,7 +326,7 @@ def service(spec: TrainingJobSpec, namespace: str) -> dict[str, Any]:
 def network_policy(spec: TrainingJobSpec, namespace: str, access: Access) -> dict[str, Any]:
     """Only the peers `access` names reach the serving pods; nobody else does."""
     name = spec.serving_deployment
-    port = [{"protocol": "TCP", "port": SERVER_PORT}]
+    port = [{"protocol": "TCP", "port": p} for p in (SERVER_PORT, GRPC_PORT)]
     rules: list[dict[str, Any]] = []
     if access.allow_from:
         rules.append({"from": copy.deepcopy(access.allow_from), "ports": port})

@@ -10,7 +10,7 @@ from kubetrain.operator import promotion, serving
 from kubetrain.operator.promotion import gate, rollout_state
 from kubetrain.operator.serving import served_annotations, served_version
 from kubetrain.operator.status import get_condition
-from kubetrain.trainer.api.entrypoints import SERVER_PORT
+from kubetrain.trainer.api.entrypoints import GRPC_PORT, SERVER_PORT
 from kubetrain.trainer.api.spec import SpecError, TrainingJobSpec
 from kubetrain.trainer.api.status import Phase, Reason
 from trainingjobs import body, job, serving_deployment, strategic_merge
@@ -234,7 +234,7 @@ def test_the_first_model_fences_its_pods_before_anything_can_reach_them():
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"] == pod_labels
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    port = [{"protocol": "TCP", "port": SERVER_PORT}]
+    port = [{"protocol": "TCP", "port": p} for p in (SERVER_PORT, GRPC_PORT)]  # REST, gRPC
     monitoring = {"kubernetes.io/metadata.name": "monitoring"}
     assert policy["spec"]["ingress"] == [
         {"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}], "ports": port},

@@ -19,6 +19,8 @@ PULL_COMMAND = ["kubetrain", PULL]
 """The trainer image's model puller (a serving pod's init container); `pull_arguments` follow."""
 SERVER_PORT = 8501
 """TensorFlow Serving's REST port, which the model server listens on by default."""
+GRPC_PORT = 8500
+"""TensorFlow Serving's gRPC port, the model server's other default."""
 
 JOB_ENV = "KUBETRAIN_JOB"
 """The TrainingJob (name, namespace and spec) as JSON, for a worker without `--job`."""
