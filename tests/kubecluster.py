@@ -7,6 +7,10 @@ project's local cluster (hack/cluster), or reuses one that is already running,
 and stops at the end of the session what it started itself.
 
 Tests that need a cluster carry the ``cluster`` marker.
+
+``KUBETRAIN_CLUSTER_NODES=3`` makes the local cluster it starts have three nodes (hack/cluster/up.sh
+reads it, as ``make cluster NODES=3`` sets it); one it reuses gains the nodes it lacks. Unset, a
+running cluster is used as it is and a new one has one node.
 """
 
 from __future__ import annotations

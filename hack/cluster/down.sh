@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops everything up.sh started, by the PIDs it recorded, then the pods'
 # processes and containerd shims, and undoes mounts, cgroups, iptables rules
-# and the bridge. Images and local-path volume data stay for the next start.
+# and the bridges; further nodes (NODES=3) go first, with their network
+# namespaces. Images and local-path volume data stay for the next start.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -11,26 +12,24 @@ say() { $quiet || log "$@"; }
 export PATH="${KT_BIN}:${PATH}"
 [[ -n ${KT_LOCKED:-} ]] || kt_lock
 
-# running PID: alive and not a zombie waiting for init to reap it.
-running() { [[ -r /proc/$1/stat ]] && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+export KT_QUIET=${quiet}
+stop() { kt_stop "$1"; }
 
-# stop NAME: TERM the recorded PID if it is still that program, then KILL.
-stop() {
-  local name=$1 pidfile="${KT_RUN}/$1.pid" pid
-  [[ -f ${pidfile} ]] || return 0
-  pid="$(<"${pidfile}")"
-  # A PID from an earlier boot may be gone or reused: the braces keep the shell's own
-  # "No such file" for the redirection quiet too.
-  if [[ "$({ tr '\0' ' ' <"/proc/${pid}/cmdline"; } 2>/dev/null)" == *"${name}"* ]]; then
-    say "stopping ${name} (${pid})"
-    kill -TERM "${pid}" 2>/dev/null || true
-    # State is thrown away at the next start: a short grace is enough.
-    for _ in $(seq 50); do running "${pid}" || break; sleep 0.1; done
-    kill -KILL "${pid}" 2>/dev/null || true
-    while running "${pid}"; do sleep 0.1; done
+# The further nodes (node.sh) first: whatever of them there is, even of a cluster that
+# crashed or of one that was started with more nodes.
+nodes="$({
+  ls -d "${KT_RUN}/${KT_NODE_NAME}"-* /run/netns/kt-node-* /sys/fs/cgroup/*/kt-node-* 2>/dev/null
+  ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^kt-v[0-9]+$'
+} | grep -oE '[0-9]+$' | sort -un || true)"
+if [[ -n ${nodes} ]]; then
+  # shellcheck disable=SC2086
+  KT_LOCKED=1 "${KT_CLUSTER_SRC}/node.sh" remove ${nodes}
+  # `ip netns add` made /run/netns a mount point; once no namespace is left in it (podman
+  # keeps its own there too), it goes. A namespace still mounted in it makes umount fail.
+  if [[ -z "$(ls -A /run/netns 2>/dev/null)" ]] && findmnt -rn /run/netns >/dev/null; then
+    umount /run/netns 2>/dev/null || true
   fi
-  rm -f "${pidfile}"
-}
+fi
 
 # The kubelet first, so nothing restarts the pods we are about to kill.
 for c in kubelet kube-router local-path-provisioner coredns versitygw kube-proxy kube-scheduler kube-controller-manager; do
@@ -105,9 +104,11 @@ for d in /sys/fs/cgroup/*/kubepods; do
   [[ -d ${d} ]] && find "${d}" -depth -type d -exec rmdir {} + 2>/dev/null || true
 done
 
-if ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
-  ip link delete "${KT_BRIDGE}"
-fi
+for bridge in "${KT_BRIDGE}" "${KT_NODES_BRIDGE}"; do
+  if ip link show "${bridge}" >/dev/null 2>&1; then
+    ip link delete "${bridge}"
+  fi
+done
 if ! findmnt -rn -o TARGET | grep -q "^${KT_RUN}/"; then
   rm -rf --one-file-system "${KT_RUN}"
 fi

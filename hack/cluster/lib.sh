@@ -31,6 +31,9 @@ KT_KUBERNETES_SVC_IP="10.96.0.1"
 KT_DNS_IP="${KT_NODE_IP}"
 KT_API_PORT=6443
 KT_NODE_NAME="kubetrain-dev"
+# A node whose kubelet has not renewed its lease for this long is NotReady: two missed
+# renewals (every 10 s). Kubernetes' default is 50 s; a lost node is noticed sooner here.
+KT_NODE_MONITOR_GRACE="20s"
 
 # The cluster's S3 server (versitygw, hack/s3): on the node's bridge address, so pods reach
 # it and nothing outside this machine can. Its data survives `cluster-down`, like volumes'.
@@ -57,30 +60,164 @@ kt_hash() { cat "$@" | sha256sum | cut -c1-12; }
 # Where build.sh links the binaries the cluster runs.
 KT_BIN="${KT_CACHE}/bin/current"
 
-# kt_ctr ARGS...: ctr on the cluster's containerd, in the namespace the kubelet uses.
-kt_ctr() { ctr --address "${KT_CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
+# --- more nodes (`make cluster NODES=3`) ---------------------------------------------
+# Node 1 is this machine's own network: the bridge kt0, the addresses above and the
+# processes up.sh starts. Node K >= 2 (hack/cluster/node.sh) is kubetrain-dev-K: a network
+# namespace kt-node-K with its own bridge kt0 for its pods (10.244.K.0/24), joined to this
+# machine by a veth pair (kt-vK here, eth0 there) on the bridge kt-nodes (10.245.0.0/24,
+# the node at 10.245.0.(10+K)), with its own containerd, kubelet, kube-proxy and kube-router.
+KT_NODES_MAX=9
+KT_NODES_BRIDGE="kt-nodes"
+KT_NODES_GATEWAY="10.245.0.1"
+KT_NODES_PREFIX=24
+# How many nodes the running cluster has: written by up.sh, gone with the cluster.
+KT_NODES_FILE="${KT_RUN}/nodes"
 
-# kt_containerd_up: the cluster's containerd answers. A socket file alone says
-# nothing: one killed without cleanup (a reboot, an OOM kill) leaves it behind.
-kt_containerd_up() {
-  [[ -S ${KT_CONTAINERD_SOCK} ]] && kt_ctr version >/dev/null 2>&1
+kt_node_count() { cat "${KT_NODES_FILE}" 2>/dev/null || echo 1; }
+kt_node_name() { if (($1 == 1)); then echo "${KT_NODE_NAME}"; else echo "${KT_NODE_NAME}-$1"; fi; }
+kt_node_ip() { if (($1 == 1)); then echo "${KT_NODE_IP}"; else echo "10.245.0.$((10 + $1))"; fi; }
+kt_node_pod_cidr() { if (($1 == 1)); then echo "${KT_POD_CIDR}"; else echo "10.244.$1.0/24"; fi; }
+kt_node_netns() { echo "kt-node-$1"; }
+kt_node_veth() { echo "kt-v$1"; }
+# Where node K keeps what survives `cluster-down` (its images), and its containerd's socket.
+kt_node_state() { if (($1 == 1)); then echo "${KT_STATE}"; else echo "${KT_STATE}/nodes/$(kt_node_name "$1")"; fi; }
+kt_node_sock() {
+  if (($1 == 1)); then echo "${KT_CONTAINERD_SOCK}"; else echo "${KT_RUN}/$(kt_node_name "$1")/containerd/containerd.sock"; fi
+}
+# kt_node_index NAME: K for a node name (kubetrain-dev is 1); fails for any other name.
+kt_node_index() {
+  case $1 in
+    "${KT_NODE_NAME}") echo 1 ;;
+    "${KT_NODE_NAME}"-[2-9]) echo "${1##*-}" ;;
+    *) return 1 ;;
+  esac
 }
 
-# kt_import IMAGE: copy an image from podman into the cluster's containerd
-# (namespace k8s.io) unless that very image ID is already there.
+# kt_node_ctr K ARGS...: ctr on node K's containerd, in the namespace the kubelet uses.
+kt_node_ctr() { local k=$1; shift; ctr --address "$(kt_node_sock "${k}")" --namespace k8s.io "$@"; }
+# kt_ctr ARGS...: ctr on the first node's containerd.
+kt_ctr() { kt_node_ctr 1 "$@"; }
+
+# kt_containerd_up [K]: node K's containerd (default: the first's) answers. A socket file
+# alone says nothing: one killed without cleanup (a reboot, an OOM kill) leaves it behind.
+kt_containerd_up() {
+  local k=${1:-1}
+  [[ -S "$(kt_node_sock "${k}")" ]] && kt_node_ctr "${k}" version >/dev/null 2>&1
+}
+
+# kt_nodes_up: the nodes (K, one a line) whose containerd answers, for imports.
+kt_nodes_up() {
+  local k
+  for ((k = 1; k <= $(kt_node_count); k++)); do
+    if kt_containerd_up "${k}"; then echo "${k}"; fi
+  done
+}
+
+# kt_import IMAGE [K...]: copy an image from podman into the containerd (namespace k8s.io) of
+# each node K (default: the first) that does not have that very image ID yet. Saved once
+# however many nodes take it.
 kt_import() {
-  local image=$1 id mark
+  local image=$1 id k mark archive
+  shift
+  (($#)) || set -- 1
   id="$(podman image inspect --format '{{.Id}}' "${image}")"
-  mark="${KT_STATE}/containerd-imported/${image//[\/:]/_}"
-  if [[ -f ${mark} && "$(<"${mark}")" == "${id}" ]] &&
-    kt_ctr images ls -q | grep -qxF "${image}"; then
-    return 0
+  local todo=()
+  for k in "$@"; do
+    mark="$(kt_node_state "${k}")/containerd-imported/${image//[\/:]/_}"
+    if [[ -f ${mark} && "$(<"${mark}")" == "${id}" ]] &&
+      kt_node_ctr "${k}" images ls -q | grep -qxF "${image}"; then
+      continue
+    fi
+    todo+=("${k}")
+  done
+  ((${#todo[@]})) || return 0
+  if ((${#todo[@]} == 1)); then
+    podman save --quiet --format docker-archive "${image}" |
+      kt_node_ctr "${todo[0]}" images import - >/dev/null
+  else
+    archive="$(mktemp -p "${KT_STATE}" .import.XXXXXX)"
+    podman save --quiet --format docker-archive -o "${archive}" "${image}"
+    for k in "${todo[@]}"; do
+      kt_node_ctr "${k}" images import - <"${archive}" >/dev/null || { rm -f "${archive}"; return 1; }
+    done
+    rm -f "${archive}"
   fi
-  podman save --quiet --format docker-archive "${image}" |
-    kt_ctr images import - >/dev/null
-  mkdir -p "$(dirname "${mark}")"
-  echo "${id}" >"${mark}"
-  log "imported ${image} into the cluster"
+  for k in "${todo[@]}"; do
+    mark="$(kt_node_state "${k}")/containerd-imported/${image//[\/:]/_}"
+    mkdir -p "$(dirname "${mark}")"
+    echo "${id}" >"${mark}"
+    log "imported ${image} into node $(kt_node_name "${k}")"
+  done
+}
+
+# kt_isolate: nothing is forwarded between the bridge and any other interface: pods reach
+# the node and each other, never the outside. The mangle table sees a packet before
+# kube-proxy's ACCEPT rules in filter can, even for a Service whose endpoints someone pointed
+# outside. The node network's bridge (behind it the further nodes' namespaces and their
+# pods) is inside the fence too. One iptables-restore empties and refills the chain at once,
+# so that adding nodes to a running cluster leaves no moment unfenced.
+kt_isolate() {
+  local from to rules=""
+  for from in "${KT_BRIDGE}" "${KT_NODES_BRIDGE}"; do
+    for to in "${KT_BRIDGE}" "${KT_NODES_BRIDGE}"; do
+      rules+="-A KUBETRAIN-ISOLATE -i ${from} -o ${to} -j RETURN"$'\n'
+    done
+  done
+  for from in "${KT_BRIDGE}" "${KT_NODES_BRIDGE}"; do
+    rules+="-A KUBETRAIN-ISOLATE -i ${from} -j DROP"$'\n'"-A KUBETRAIN-ISOLATE -o ${from} -j DROP"$'\n'
+  done
+  printf '*mangle\n:KUBETRAIN-ISOLATE - [0:0]\n%sCOMMIT\n' "${rules}" | iptables-restore --noflush
+  iptables -t mangle -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null ||
+    iptables -t mangle -I FORWARD 1 -j KUBETRAIN-ISOLATE
+}
+
+# kt_start NAME CMD...: run CMD detached in its own session, its output in
+# ${KT_LOGS}/NAME.log and its PID in ${KT_RUN}/NAME.pid (NAME may be NODE/COMPONENT).
+kt_start() {
+  local name=$1
+  shift
+  mkdir -p "$(dirname "${KT_LOGS}/${name}")" "$(dirname "${KT_RUN}/${name}")"
+  setsid "$@" >"${KT_LOGS}/${name}.log" 2>&1 </dev/null 9>&- &
+  echo $! >"${KT_RUN}/${name}.pid"
+}
+
+# kt_wait_for WHAT SECONDS CMD...: poll until CMD succeeds; on timeout show the logs and exit.
+kt_wait_for() {
+  local what=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out waiting for ${what}; logs in ${KT_LOGS}"
+      tail -n 20 "${KT_LOGS}"/*.log "${KT_LOGS}"/*/*.log >&2 2>/dev/null || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
+
+# kt_running PID: alive and not a zombie waiting for init to reap it.
+kt_running() { [[ -r /proc/$1/stat ]] && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+
+# kt_stop NAME [KILL]: TERM the PID recorded in ${KT_RUN}/NAME.pid if it is still that
+# program (the last part of NAME), then KILL; with KILL, KILL at once (a power cut).
+kt_stop() {
+  local name=$1 now=${2:-} pidfile="${KT_RUN}/$1.pid" pid
+  [[ -f ${pidfile} ]] || return 0
+  pid="$(<"${pidfile}")"
+  # A PID from an earlier boot may be gone or reused: the braces keep the shell's own
+  # "No such file" for the redirection quiet too.
+  if [[ "$({ tr '\0' ' ' <"/proc/${pid}/cmdline"; } 2>/dev/null)" == *"${name##*/}"* ]]; then
+    ${KT_QUIET:-false} || log "stopping ${name} (${pid})"
+    if [[ -z ${now} ]]; then
+      kill -TERM "${pid}" 2>/dev/null || true
+      # State is thrown away at the next start: a short grace is enough.
+      for _ in $(seq 50); do kt_running "${pid}" || break; sleep 0.1; done
+    fi
+    kill -KILL "${pid}" 2>/dev/null || true
+    while kt_running "${pid}"; do sleep 0.1; done
+  fi
+  rm -f "${pidfile}"
 }
 
 # kt_lock: serialize up/down of this cluster between concurrent callers (two

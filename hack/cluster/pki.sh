@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the cluster CA, serving and client certificates, the service-account
 # signing key and the kubeconfigs, once; later starts reuse them so a saved
-# KUBECONFIG stays valid.
+# KUBECONFIG stays valid. `pki.sh N` adds the kubelet identities of nodes 2 to N.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -35,6 +35,14 @@ cert apiserver "/CN=kube-apiserver" \
   "IP:127.0.0.1,IP:${KT_NODE_IP},IP:${KT_KUBERNETES_SVC_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 cert kubelet "/O=system:nodes/CN=system:node:${KT_NODE_NAME}" "IP:${KT_NODE_IP},DNS:${KT_NODE_NAME}"
+# Each further node's kubelet its own identity: NodeRestriction lets a kubelet change only
+# its own Node and the pods bound to it.
+nodes=()
+for ((k = 2; k <= ${1:-1}; k++)); do
+  name="$(kt_node_name "${k}")"
+  cert "kubelet-${name}" "/O=system:nodes/CN=system:node:${name}" "IP:$(kt_node_ip "${k}"),DNS:${name}"
+  nodes+=("kubelet-${name}")
+done
 cert admin "/O=system:masters/CN=kubetrain-admin"
 cert controller-manager "/CN=system:kube-controller-manager"
 cert scheduler "/CN=system:kube-scheduler"
@@ -59,6 +67,6 @@ if [[ ! -f sa.key ]]; then
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 fi
 
-for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner kube-router; do
+for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner kube-router "${nodes[@]}"; do
   "${KT_CLUSTER_SRC}/kubeconfig.sh" --cert "${user}" > "${user}.kubeconfig"
 done

@@ -14,43 +14,43 @@ kt_lock
 "${KT_ROOT}/hack/s3/build.sh"
 export PATH="${KT_BIN}:${PATH}"
 
+# How many nodes (`make cluster NODES=3`): each past the first is a kubelet with its own
+# containerd in its own network namespace (node.sh). Unset: as many as the cluster that runs
+# (or crashed) has, else one.
+want="${KUBETRAIN_CLUSTER_NODES:-}"
+[[ -z ${want} || ${want} =~ ^[1-${KT_NODES_MAX}]$ ]] ||
+  die "NODES (KUBETRAIN_CLUSTER_NODES) must be 1 to ${KT_NODES_MAX}, not ${want}"
+have="$(kt_node_count)"
 if "${KT_CLUSTER_SRC}/status.sh" --quiet; then
-  log "cluster already running"
-  echo "export KUBECONFIG=${KUBECONFIG_OUT}"
-  exit 0
+  if [[ -z ${want} || ${want} == "${have}" ]]; then
+    log "cluster already running (${have} node(s))"
+    echo "export KUBECONFIG=${KUBECONFIG_OUT}"
+    exit 0
+  fi
+  if ((want > have)); then
+    # More nodes join the running cluster; fewer means a fresh one (below).
+    echo "${want}" >"${KT_NODES_FILE}"
+    # shellcheck disable=SC2046
+    KT_LOCKED=1 "${KT_CLUSTER_SRC}/node.sh" add $(seq $((have + 1)) "${want}")
+    log "cluster up with ${want} nodes"
+    echo "export KUBECONFIG=${KUBECONFIG_OUT}"
+    exit 0
+  fi
+  log "the running cluster has ${have} nodes: starting a fresh one with ${want}"
 fi
+nodes="${want:-${have}}"
 # Leftovers of a crashed or half-started cluster (we hold the lock already).
 KT_LOCKED=1 "${KT_CLUSTER_SRC}/down.sh" --quiet
 
-"${KT_CLUSTER_SRC}/pki.sh"
+"${KT_CLUSTER_SRC}/pki.sh" "${nodes}"
 mkdir -p "${KT_RUN}" "${KT_LOGS}" "${KT_STATE}/local-path"
 rm -f "${KT_LOGS}"/*.log
+echo "${nodes}" >"${KT_NODES_FILE}"
 # Every start is a fresh cluster; only images and volumes' data are kept.
 rm -rf --one-file-system "${KT_STATE}/etcd" "${KT_STATE}/kubelet" "${KT_STATE}/cni" "${KT_STATE}/config"
 mkdir -p "${KT_STATE}/config" "${KT_STATE}/cni/net.d"
 cfg="${KT_STATE}/config"
 pki="${KT_PKI}"
-
-# start NAME CMD...: run detached in its own session, log and record the PID.
-start() {
-  local name=$1; shift
-  setsid "$@" >"${KT_LOGS}/${name}.log" 2>&1 </dev/null 9>&- &
-  echo $! >"${KT_RUN}/${name}.pid"
-}
-
-# wait_for WHAT SECONDS CMD...: poll until CMD succeeds.
-wait_for() {
-  local what=$1 timeout=$2; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "timed out waiting for ${what}; logs in ${KT_LOGS}"
-      tail -n 20 "${KT_LOGS}"/*.log >&2 || true
-      exit 1
-    fi
-    sleep 0.5
-  done
-}
 
 # --- network: a bridge with no uplink -----------------------------------------
 if ! ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
@@ -62,15 +62,8 @@ ip link set "${KT_BRIDGE}" up
 # the node forwards; br_netfilter lets kube-proxy's rules see bridged packets.
 modprobe -q br_netfilter 2>/dev/null || true # built in on some kernels
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
-# Nothing is forwarded between the bridge and any other interface: pods reach
-# the node and each other, never the outside. The mangle table sees a packet
-# before kube-proxy's ACCEPT rules in filter can, even for a Service whose
-# endpoints someone pointed outside.
-iptables -t mangle -N KUBETRAIN-ISOLATE 2>/dev/null || iptables -t mangle -F KUBETRAIN-ISOLATE
-iptables -t mangle -A KUBETRAIN-ISOLATE -i "${KT_BRIDGE}" ! -o "${KT_BRIDGE}" -j DROP
-iptables -t mangle -A KUBETRAIN-ISOLATE ! -i "${KT_BRIDGE}" -o "${KT_BRIDGE}" -j DROP
-iptables -t mangle -C FORWARD -j KUBETRAIN-ISOLATE 2>/dev/null ||
-  iptables -t mangle -I FORWARD 1 -j KUBETRAIN-ISOLATE
+# Nothing forwarded between the bridges and any other interface (lib.sh).
+kt_isolate
 
 cat >"${KT_STATE}/cni/net.d/10-kubetrain.conflist" <<CNI
 {
@@ -122,23 +115,23 @@ state = "${KT_RUN}/containerd"
 TOML
 # A pull would be the only way for the node to reach out: send any attempt to
 # a closed local port so it fails at once and goes nowhere.
-start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+kt_start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
   containerd --config "${cfg}/containerd.toml"
-wait_for containerd 30 kt_ctr version
+kt_wait_for containerd 30 kt_ctr version
 "${KT_ROOT}/hack/images/system-images.sh"
 
 # --- control plane --------------------------------------------------------------
-start etcd etcd --name kubetrain-dev --data-dir "${KT_STATE}/etcd" \
+kt_start etcd etcd --name kubetrain-dev --data-dir "${KT_STATE}/etcd" \
   --listen-client-urls https://127.0.0.1:2379 --advertise-client-urls https://127.0.0.1:2379 \
   --listen-peer-urls https://127.0.0.1:2380 --initial-advertise-peer-urls https://127.0.0.1:2380 \
   --initial-cluster kubetrain-dev=https://127.0.0.1:2380 \
   --cert-file "${pki}/etcd.crt" --key-file "${pki}/etcd.key" --trusted-ca-file "${pki}/ca.crt" --client-cert-auth \
   --peer-cert-file "${pki}/etcd.crt" --peer-key-file "${pki}/etcd.key" --peer-trusted-ca-file "${pki}/ca.crt" --peer-client-cert-auth \
   --listen-metrics-urls http://127.0.0.1:2381 --unsafe-no-fsync --log-level warn
-wait_for etcd 30 curl -fsS --cacert "${pki}/ca.crt" --cert "${pki}/apiserver-etcd-client.crt" \
+kt_wait_for etcd 30 curl -fsS --cacert "${pki}/ca.crt" --cert "${pki}/apiserver-etcd-client.crt" \
   --key "${pki}/apiserver-etcd-client.key" https://127.0.0.1:2379/health
 
-start kube-apiserver kube-apiserver \
+kt_start kube-apiserver kube-apiserver \
   --bind-address "${KT_NODE_IP}" --advertise-address "${KT_NODE_IP}" --secure-port "${KT_API_PORT}" \
   --etcd-servers https://127.0.0.1:2379 --etcd-cafile "${pki}/ca.crt" \
   --etcd-certfile "${pki}/apiserver-etcd-client.crt" --etcd-keyfile "${pki}/apiserver-etcd-client.key" \
@@ -159,18 +152,19 @@ start kube-apiserver kube-apiserver \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
   --allow-privileged --profiling=false
 export KUBECONFIG="${KUBECONFIG_OUT}"
-wait_for kube-apiserver 90 kubectl get --raw /readyz
+kt_wait_for kube-apiserver 90 kubectl get --raw /readyz
 
 # Controllers run with their own identities; the admin kubeconfig is for us.
-start kube-controller-manager kube-controller-manager \
+kt_start kube-controller-manager kube-controller-manager \
   --kubeconfig "${pki}/controller-manager.kubeconfig" \
   --authentication-kubeconfig "${pki}/controller-manager.kubeconfig" \
   --authorization-kubeconfig "${pki}/controller-manager.kubeconfig" \
   --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
   --root-ca-file "${pki}/ca.crt" --service-account-private-key-file "${pki}/sa.key" \
   --cluster-signing-cert-file "${pki}/ca.crt" --cluster-signing-key-file "${pki}/ca.key" \
-  --service-cluster-ip-range "${KT_SERVICE_CIDR}" --profiling=false
-start kube-scheduler kube-scheduler \
+  --service-cluster-ip-range "${KT_SERVICE_CIDR}" --profiling=false \
+  --node-monitor-grace-period "${KT_NODE_MONITOR_GRACE}"
+kt_start kube-scheduler kube-scheduler \
   --kubeconfig "${pki}/scheduler.kubeconfig" \
   --authentication-kubeconfig "${pki}/scheduler.kubeconfig" \
   --authorization-kubeconfig "${pki}/scheduler.kubeconfig" \
@@ -210,7 +204,7 @@ serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 10s
 YAML
-start kubelet kubelet --config "${cfg}/kubelet.yaml" --kubeconfig "${pki}/kubelet.kubeconfig" \
+kt_start kubelet kubelet --config "${cfg}/kubelet.yaml" --kubeconfig "${pki}/kubelet.kubeconfig" \
   --root-dir "${KT_STATE}/kubelet" --hostname-override "${KT_NODE_NAME}" --node-ip "${KT_NODE_IP}"
 
 cat >"${cfg}/kube-proxy.yaml" <<YAML
@@ -229,7 +223,7 @@ nodePortAddresses: [${KT_POD_CIDR}]
 conntrack: {maxPerCore: 0}
 iptables: {localhostNodePorts: false}
 YAML
-start kube-proxy kube-proxy --config "${cfg}/kube-proxy.yaml"
+kt_start kube-proxy kube-proxy --config "${cfg}/kube-proxy.yaml"
 
 cat >"${cfg}/Corefile" <<COREFILE
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
@@ -245,7 +239,7 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     cache 5
 }
 COREFILE
-start coredns coredns -conf "${cfg}/Corefile"
+kt_start coredns coredns -conf "${cfg}/Corefile"
 
 # S3 (versitygw over a directory): the store jobs with `spec.storage.uri` use here. The root
 # credentials are made once and kept with the data; the bucket is a directory under it.
@@ -268,25 +262,29 @@ fi
   # shellcheck disable=SC1090
   . "${KT_S3_CREDENTIALS}"
   export ROOT_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID}" ROOT_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY}"
-  start versitygw "${KT_BIN}/versitygw" --port "${KT_NODE_IP}:${KT_S3_PORT}" --quiet \
+  kt_start versitygw "${KT_BIN}/versitygw" --port "${KT_NODE_IP}:${KT_S3_PORT}" --quiet \
     --health /healthz posix "${KT_S3_STATE}/data"
 )
 
-start local-path-provisioner local-path-provisioner \
+kt_start local-path-provisioner local-path-provisioner \
   start --kubeconfig "${pki}/local-path-provisioner.kubeconfig" --helper-image "${KT_BUSYBOX_IMAGE}"
 
-wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/${KT_NODE_NAME}" --timeout=5s
+kt_wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/${KT_NODE_NAME}" --timeout=5s
 
 # NetworkPolicy enforcement: kube-router's firewall only (routes and services are the
 # bridge's and kube-proxy's). It reads its node's address, so it starts once the node is
 # registered, and the cluster is up only once its filter chains are in place.
-start kube-router kube-router --kubeconfig "${pki}/kube-router.kubeconfig" \
+kt_start kube-router kube-router --kubeconfig "${pki}/kube-router.kubeconfig" \
   --hostname-override "${KT_NODE_NAME}" --run-firewall=true --run-router=false \
   --run-service-proxy=false --enable-cni=false --enable-pod-egress=false \
   --service-cluster-ip-range "${KT_SERVICE_CIDR}" --health-port 0 --metrics-port 0
-wait_for "kube-router's network policy chains" 60 iptables -S KUBE-ROUTER-FORWARD
-wait_for "default service account" 60 kubectl get serviceaccount default
-wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
-wait_for "the S3 server" 30 curl -fsS "${KT_S3_ENDPOINT}/healthz"
-log "cluster up: kubectl from ${KT_BIN}"
+kt_wait_for "kube-router's network policy chains" 60 iptables -S KUBE-ROUTER-FORWARD
+kt_wait_for "default service account" 60 kubectl get serviceaccount default
+kt_wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
+kt_wait_for "the S3 server" 30 curl -fsS "${KT_S3_ENDPOINT}/healthz"
+if ((nodes > 1)); then
+  # shellcheck disable=SC2046
+  KT_LOCKED=1 "${KT_CLUSTER_SRC}/node.sh" add $(seq 2 "${nodes}")
+fi
+log "cluster up (${nodes} node(s)): kubectl from ${KT_BIN}"
 echo "export KUBECONFIG=${KUBECONFIG_OUT}"

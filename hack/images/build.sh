@@ -2,7 +2,7 @@
 # `make images`: builds localhost/kubetrain-operator:dev and
 # localhost/kubetrain-trainer:dev with podman from the repo's Dockerfiles, on a
 # Debian bookworm base made here with debootstrap (no registry needed), and
-# imports them into the cluster's containerd if it is running.
+# imports them into the containerd of every node of the cluster if it is running.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 
@@ -66,9 +66,11 @@ for name in operator trainer; do
 done
 
 # --- into the cluster -------------------------------------------------------------
-if kt_containerd_up; then
-  kt_import localhost/kubetrain-operator:dev
-  kt_import localhost/kubetrain-trainer:dev
+# Every running node's containerd: a pod may be scheduled on any of them.
+mapfile -t nodes < <(kt_nodes_up)
+if ((${#nodes[@]})); then
+  kt_import localhost/kubetrain-operator:dev "${nodes[@]}"
+  kt_import localhost/kubetrain-trainer:dev "${nodes[@]}"
 else
   log "cluster not running: make cluster imports the images when it starts"
 fi

@@ -1,9 +1,8 @@
-"""A node lost under a running job, on a cluster of three nodes (KUBETRAIN_CLUSTER_NODES=3).
+"""A node lost under a running job, on a cluster of three nodes (the `several_nodes` fixture).
 
 The operator in-process, stand-in workers (`standins.py`) keeping their state in the local
 cluster's S3 store, since a volume of one node is out of reach from the others. A node is lost
 with `hack/cluster/node.sh stop` (its kubelet, containerd and pods killed, as by a power cut).
-With fewer than three nodes these skip.
 """
 
 from __future__ import annotations
@@ -25,12 +24,9 @@ EPOCH_SECONDS = 2.0
 
 
 @pytest.fixture
-def extra_nodes(kubectl: Kubectl) -> list[str]:
+def extra_nodes(several_nodes: list[str]) -> list[str]:
     """The nodes besides the first (which also runs the control plane): those can be lost."""
-    names = sorted(n["metadata"]["name"] for n in kubectl.json("get", "nodes")["items"])
-    if len(names) < 3:
-        pytest.skip("needs three nodes: KUBETRAIN_CLUSTER_NODES=3 (make cluster NODES=3)")
-    return names[1:]
+    return several_nodes[1:]
 
 
 @pytest.fixture
