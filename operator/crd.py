@@ -35,6 +35,10 @@ HEADER = (
 )
 
 
+_ABSENT = "x-absent-by-default"
+"""Marks, while rewriting, an optional object whose default is None (it must stay absent)."""
+
+
 def _openapi(node: Any, defs: dict[str, Any], object_defaults: bool) -> Any:
     """Rewrite a pydantic JSON schema node into Kubernetes' structural OpenAPI v3 subset.
 
@@ -55,6 +59,7 @@ def _openapi(node: Any, defs: dict[str, Any], object_defaults: bool) -> Any:
         node = merged
         if node.get("default", 0) is None:
             del node["default"]
+            node[_ABSENT] = True  # no `{}` default either: absent means "not asked for"
     if "$ref" in node:
         target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
         target.update(node)  # the field's own description and default win
@@ -81,8 +86,10 @@ def _openapi(node: Any, defs: dict[str, Any], object_defaults: bool) -> Any:
                 and prop.get("type") == "object"
                 and "properties" in prop
                 and name not in required
+                and not prop.pop(_ABSENT, False)
             ):
                 prop.setdefault("default", {})
+            prop.pop(_ABSENT, None)
             props[name] = prop
         node["properties"] = props
     if "items" in node:

@@ -63,6 +63,18 @@ def test_defaults_enums_and_bounds_come_from_the_pydantic_spec():
     assert (fraction["minimum"], fraction["exclusiveMinimum"]) == (0, True)
 
 
+def test_an_optional_object_stays_absent_unless_the_job_asks_for_it():
+    """A `{}` default would switch autoscaling on for every job (and is invalid besides:
+    autoscaling requires maxReplicas), so the API server must leave it out."""
+    spec = version()["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    promotion = spec["properties"]["promotion"]
+    assert promotion["default"] == {}
+    autoscaling = promotion["properties"]["autoscaling"]
+    assert "default" not in autoscaling
+    assert autoscaling["required"] == ["maxReplicas"]
+    assert not any(key.startswith("x-absent") for key in autoscaling)
+
+
 def test_every_printer_column_points_into_the_status_schema():
     status = version()["schema"]["openAPIV3Schema"]["properties"]["status"]
     for column in version()["additionalPrinterColumns"]:
