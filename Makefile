@@ -11,12 +11,15 @@ JOB ?= examples/mnist.yaml
 ## install: a .venv with the `kubetrain` command, TensorFlow CPU and the test tools
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[train,operator,dev]"
 	# tf-keras without its dependencies: they would pull the full GPU `tensorflow` wheel.
 	$(BIN)/pip install --quiet --no-deps "tf-keras==2.21.*"
+	# TF Serving's protos for the model server's gRPC API, without the full `tensorflow` they
+	# require (tensorflow-cpu provides it).
+	$(BIN)/pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
 	touch $@
 
 ## run: train the example TrainingJob with local worker processes and export the best model

@@ -144,23 +144,30 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def start_server(model_dir: Path, port: int, flags: list[str]) -> subprocess.Popen:
+    """kubetrain's server; without a `--grpc-port` among `flags`, with no gRPC port."""
     command = [sys.executable, "-m", "kubetrain.trainer.server", "--model-dir", str(model_dir)]
-    command += ["--host", HOST, "--port", str(port), "--log-level", "warning", *flags]
+    command += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+    command += [*flags] if "--grpc-port" in flags else ["--grpc-port", "0", *flags]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_ready(process, f"http://{HOST}:{port}/readyz")
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 180) -> subprocess.Popen:
+    """`process` once `url` answers 200; killed if it does not within `timeout` seconds."""
     import httpx
 
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return process
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     process.kill()
-    raise TimeoutError("server did not become ready")
+    raise TimeoutError(f"server did not become ready at {url}")
 
 
 async def _client(port: int, request: bytes, deadline: float, result: Result) -> None:
@@ -187,9 +194,14 @@ async def _client(port: int, request: bytes, deadline: float, result: Result) ->
         writer.close()
 
 
-def drive(port: int, name: str, body: bytes, clients: int, seconds: float) -> Result:
+def drive(
+    port: int, name: str, body: bytes, clients: int, seconds: float, path: str | None = None
+) -> Result:
+    """`clients` keep-alive connections posting `body` to `path` (TF Serving's predict URL of
+    model `name` by default) back to back for `seconds`."""
+    path = path or f"/v1/models/{name}:predict"
     request = (
-        f"POST /v1/models/{name}:predict HTTP/1.1\r\nHost: {HOST}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 

@@ -314,3 +314,30 @@ def bucket_listing(s3: dict[str, str], prefix: str) -> str:
         skip_instance_cache=True,
     )
     return "\n".join(fs.find(prefix))
+
+
+# --- several nodes ---------------------------------------------------------------------------
+
+NODES = 3
+"""Nodes of the cluster the tests of several nodes need (spreading, a lost node)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests of several nodes run last: the session's cluster grows for them only after
+    every single-node suite has run on one node."""
+    items.sort(key=lambda item: "several_nodes" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(scope="session")
+def several_nodes(kube_cluster: Cluster, pytestconfig: pytest.Config) -> list[str]:
+    """The cluster's node names, the first (control-plane) node first. The local cluster gains
+    the nodes it lacks here (hack/cluster/up.sh with KUBETRAIN_CLUSTER_NODES); another cluster
+    must have them."""
+    if kube_cluster.local:
+        os.environ["KUBETRAIN_CLUSTER_NODES"] = str(NODES)
+        start_local_cluster(pytestconfig)
+    nodes = Kubectl(kube_cluster.kubeconfig).json("get", "nodes")["items"]
+    names = sorted(n["metadata"]["name"] for n in nodes)
+    if len(names) < NODES:
+        pytest.skip(f"needs a cluster of {NODES} nodes; this one has {len(names)}")
+    return names

@@ -88,7 +88,7 @@ class ServerProcess:
     def __init__(
         self, model_dir: Path, *flags: str, env: dict[str, str] | None = None, log: Path
     ) -> None:
-        self.port = free_ports(1)[0]
+        self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         command = [
@@ -101,6 +101,8 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
             *flags,
         ]
         self._log = log.open("wb")

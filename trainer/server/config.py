@@ -7,7 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.entrypoints import CHECK_ONLY_FLAG, MODEL_DIR_FLAG, MODEL_VERSION_ENV, SERVER_PORT
+from ..api.entrypoints import (
+    CHECK_ONLY_FLAG,
+    GRPC_PORT,
+    MODEL_DIR_FLAG,
+    MODEL_VERSION_ENV,
+    SERVER_PORT,
+)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_CONCURRENT_REQUESTS = 64
@@ -16,17 +22,24 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 
 
+def default_intra_op_threads() -> int:
+    """All cores but one, which the event loop (parsing, answering) keeps for itself."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     model_dir: Path
     model_name: str
     host: str = "0.0.0.0"
     port: int = SERVER_PORT
+    grpc_port: int = GRPC_PORT
     model_version: int | None = None
     enable_batching: bool = True
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
     batch_threads: int = 1
+    intra_op_threads: int = 0  # 0: `default_intra_op_threads()`
     max_body_bytes: int = MAX_BODY_BYTES
     max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
     max_connections: int = MAX_CONNECTIONS
@@ -47,11 +60,13 @@ class ServerSettings:
             model_name=args.model_name or model_dir.resolve().name,
             host=args.host,
             port=args.port,
+            grpc_port=args.grpc_port,
             model_version=args.model_version,
             enable_batching=args.enable_batching,
             max_batch_size=args.max_batch_size,
             batch_timeout_micros=args.batch_timeout_micros,
             batch_threads=args.batch_threads,
+            intra_op_threads=args.intra_op_threads,
             max_body_bytes=args.max_body_bytes,
             max_concurrent_requests=args.max_concurrent_requests,
             max_connections=args.max_connections,
@@ -125,6 +140,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=SERVER_PORT, help="HTTP port")
+    parser.add_argument(
+        "--grpc-port",
+        type=_non_negative(int),
+        default=GRPC_PORT,
+        help="TensorFlow Serving's gRPC API port, open once the model is loaded (0: none)",
+    )
     add_model_version_argument(parser, "serve this version instead of the highest one")
     parser.add_argument(
         CHECK_ONLY_FLAG,
@@ -153,6 +174,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     batching.add_argument(
         "--batch-threads", type=_positive_int, default=1, help="model calls that may run at once"
+    )
+    batching.add_argument(
+        "--intra-op-threads",
+        type=_non_negative(int),
+        default=0,
+        help="threads one TensorFlow op may use (default 0: all cores but one, which the "
+        "event loop keeps)",
     )
     lifecycle = parser.add_argument_group("limits and shutdown")
     lifecycle.add_argument(

@@ -108,6 +108,12 @@ class ServedModel:
         return tuple(int(d) for d in self.input.shape[1:])  # type: ignore[arg-type]
 
     @property
+    def instance_shapes(self) -> list[tuple[int, ...]]:
+        """How one instance may be written: its shape, or without a single channel axis."""
+        shape = self.input_shape
+        return [shape, shape[:-1]] if shape and shape[-1] == 1 else [shape]
+
+    @property
     def class_names(self) -> list[str]:
         names = self.metadata.get("classNames")
         num_classes = int(self.output.shape[-1] or 0)
@@ -132,6 +138,21 @@ def _tensor_info(name: str, spec: Any) -> SignatureTensor:
     return SignatureTensor(
         name=name, shape=shape, dtype=types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
     )
+
+
+def limit_intra_op_threads(threads: int) -> None:
+    """Cap the threads one TensorFlow op may use; only possible before TensorFlow's first op.
+
+    TensorFlow sizes its pool to every core, and its idle threads spin waiting for work: on
+    a small node they took the event loop's core while a batch ran, so requests were parsed
+    and answered only between model calls instead of during them.
+    """
+    from kubetrain.trainer.tflib import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran an op in this process: keep its pool
+        log.warning("TensorFlow is initialised; intra-op threads stay as they are")
 
 
 def load_model(name: str, model_dir: Path, version: int) -> ServedModel:

@@ -7,6 +7,7 @@ route answers is `protocol.py`'s, and the model's loading is `state.py`'s.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -16,20 +17,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import protocol
+from . import open_inference, protocol
 from .errors import ServingError
 from .middleware import BodyLimits, ConcurrencyLimit, ObserveRequests
+from .responses import json_response
 from .schemas import (
     ClassifyResponse,
     ColumnarPredictResponse,
     ErrorResponse,
     Health,
+    InferRequest,
+    InferResponse,
+    Liveness,
     ModelMetadataResponse,
+    ModelMetadataV2,
+    ModelReadiness,
     ModelStatusResponse,
     PredictRequest,
     PredictResponse,
+    Readiness,
+    ServerMetadataV2,
 )
 from .state import ServerState, load
+
+log = logging.getLogger(__name__)
 
 
 def _error(status_code: int, message: str) -> JSONResponse:
@@ -40,6 +51,12 @@ PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
     }
 }
 CLASSIFY_BODY = {
@@ -69,13 +86,37 @@ Version = Annotated[str, Path(description="an integer model version")]
 def create_app(state: ServerState) -> FastAPI:
     """The application for one model directory; `state` is shared with the process runner."""
 
+    grpc_servers: list[Any] = []
+
+    async def load_and_serve_grpc() -> None:
+        await load(state)
+        if state.model is None or not state.settings.grpc_port:
+            return
+        try:
+            from .grpc_api import start_grpc  # imports TensorFlow, which `load` has imported
+        except ImportError as error:  # an image without it still serves REST
+            log.error(
+                "no gRPC API: %s; install tensorflow-serving-api with --no-deps "
+                "(or pass --grpc-port 0 to say it is not wanted)",
+                error,
+            )
+            return
+        try:
+            grpc_servers.append(await start_grpc(state))
+        except Exception:
+            log.exception("cannot serve gRPC on port %d", state.settings.grpc_port)
+            if state.on_load_failure is not None:
+                state.on_load_failure()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(load(state))
+        loader = asyncio.create_task(load_and_serve_grpc())
         try:
             yield
         finally:
             loader.cancel()
+            for server in grpc_servers:
+                await server.stop(state.settings.drain_timeout)
             if state.batcher is not None:
                 await state.batcher.close()
 
@@ -174,11 +215,10 @@ def create_app(state: ServerState) -> FastAPI:
         tags=["predict"],
         responses=ERRORS,
         openapi_extra=PREDICT_BODY,
+        response_model=PredictResponse | ColumnarPredictResponse,
         summary="Predict with the served version (TensorFlow Serving's request format)",
     )
-    async def predict_latest(
-        name: ModelName, request: Request
-    ) -> PredictResponse | ColumnarPredictResponse:
+    async def predict_latest(name: ModelName, request: Request) -> Response:
         return await protocol.predict(state, name, None, request)
 
     @app.post(
@@ -186,11 +226,10 @@ def create_app(state: ServerState) -> FastAPI:
         tags=["predict"],
         responses=ERRORS,
         openapi_extra=PREDICT_BODY,
+        response_model=PredictResponse | ColumnarPredictResponse,
         summary="Predict with a specific version (404 unless it is the one served)",
     )
-    async def predict_version(
-        name: ModelName, version: Version, request: Request
-    ) -> PredictResponse | ColumnarPredictResponse:
+    async def predict_version(name: ModelName, version: Version, request: Request) -> Response:
         return await protocol.predict(state, name, version, request)
 
     @app.post(
@@ -214,5 +253,79 @@ def create_app(state: ServerState) -> FastAPI:
         name: ModelName, version: Version, request: Request
     ) -> ClassifyResponse:
         return await protocol.classify(state, name, version, request)
+
+    # The Open Inference Protocol (KServe v2).
+
+    @app.get("/v2", tags=["v2"], summary="Server metadata")
+    async def v2_server() -> ServerMetadataV2:
+        return ServerMetadataV2(**open_inference.server_metadata())
+
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness: the process answers")
+    async def v2_live() -> Liveness:
+        return Liveness(live=True)
+
+    @app.get(
+        "/v2/health/ready",
+        tags=["v2"],
+        summary="Readiness: as /readyz",
+        responses={503: {"model": Readiness}},
+    )
+    async def v2_ready() -> Response:
+        return json_response({"ready": state.ready}, 200 if state.ready else 503)
+
+    @app.get("/v2/models/{name}", tags=["v2"], responses=ERRORS, summary="Model metadata")
+    async def v2_model(name: ModelName) -> ModelMetadataV2:
+        return ModelMetadataV2(**open_inference.model_metadata(state, name, None))
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}",
+        tags=["v2"],
+        responses=ERRORS,
+        summary="Metadata of one model version",
+    )
+    async def v2_model_version(name: ModelName, version: Version) -> ModelMetadataV2:
+        return ModelMetadataV2(**open_inference.model_metadata(state, name, version))
+
+    @app.get(
+        "/v2/models/{name}/ready",
+        tags=["v2"],
+        responses={**ERRORS, 503: {"model": ModelReadiness}},
+        response_model=ModelReadiness,
+        summary="Model readiness: 200 once loaded and warmed, else 503",
+    )
+    async def v2_model_ready(name: ModelName) -> Response:
+        return open_inference.model_ready(state, name, None)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        tags=["v2"],
+        responses={**ERRORS, 503: {"model": ModelReadiness}},
+        response_model=ModelReadiness,
+        summary="Readiness of one model version",
+    )
+    async def v2_model_version_ready(name: ModelName, version: Version) -> Response:
+        return open_inference.model_ready(state, name, version)
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        tags=["v2"],
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
+        response_model=InferResponse,
+        summary="Inference with the served version (JSON tensors)",
+    )
+    async def v2_infer(name: ModelName, request: Request) -> Response:
+        return await open_inference.infer(state, name, None, request)
+
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["v2"],
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
+        response_model=InferResponse,
+        summary="Inference with a specific version (404 unless it is the one served)",
+    )
+    async def v2_infer_version(name: ModelName, version: Version, request: Request) -> Response:
+        return await open_inference.infer(state, name, version, request)
 
     return app

@@ -113,3 +113,66 @@ class ClassifyResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# The Open Inference Protocol (KServe v2): documented here, checked by `open_inference.py`.
+
+
+class InferTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="FP32, UINT8, INT64, ...: any numeric type")
+    data: list[Any] = Field(description="the values in row-major order, flat or nested")
+    parameters: dict[str, Any] = {}
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = {}
+    inputs: list[InferTensor] = Field(description="exactly one: the model's input")
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferTensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataV2(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadataV2(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool

@@ -7,14 +7,15 @@ answers at once while the readiness probe stays 503 until the model is loaded an
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .batching import Batcher, Unbatched
-from .config import ServerSettings
+from .config import ServerSettings, default_intra_op_threads
 from .metrics import ServerMetrics
-from .model import ServedModel, load_model
+from .model import ServedModel, limit_intra_op_threads, load_model
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,23 @@ class ServerState:
         self.draining = True
 
 
+def freeze_heap() -> None:
+    """Move every object alive now out of the garbage collector's generations.
+
+    A loaded TensorFlow model keeps some 330,000 Python objects alive for good, and each full
+    collection scans all of them (about 280 ms on 2 cores). Parsed requests allocate enough to
+    set one off every half second under load, stalling every request in flight; frozen, the
+    long-lived heap is never scanned again and a full collection covers only what came since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def load(state: ServerState) -> None:
     settings = state.settings
     try:
+        threads = settings.intra_op_threads or default_intra_op_threads()
+        await asyncio.to_thread(limit_intra_op_threads, threads)
         model = await asyncio.to_thread(
             load_model, settings.model_name, settings.model_dir, state.version
         )
@@ -77,5 +92,6 @@ async def load(state: ServerState) -> None:
         }
     )
     state.model = model
+    freeze_heap()
     state.warmed = True
     log.info("ready: %s version %d", model.name, model.version)
