@@ -116,8 +116,8 @@ if args.check_only:  # the real check: it needs no TensorFlow
     sys.exit(check(args.model_dir, version))  # a directory or an object-store URI
 saved_model = os.path.join(args.model_dir, str(version), layout.SAVED_MODEL_FILE)
 
-def loadable():
-    return os.path.isfile(saved_model) and open(saved_model).read() != UNLOADABLE
+def loadable():  # a real export's saved_model.pb is binary: compare bytes
+    return os.path.isfile(saved_model) and open(saved_model, "rb").read() != UNLOADABLE.encode()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
