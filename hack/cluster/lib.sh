@@ -227,3 +227,60 @@ kt_lock() {
   exec 9>"${KT_STATE}/.lock"
   flock 9
 }
+
+# kt_cni_config IPAM_DIR SUBNET GATEWAY: a node's CNI network, its pods on its own bridge.
+kt_cni_config() {
+  cat <<CNI
+{
+  "cniVersion": "0.4.0",
+  "name": "kubetrain",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "${KT_BRIDGE}",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$1",
+        "ranges": [[{"subnet": "$2", "gateway": "$3"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+CNI
+}
+
+# kt_containerd_config ROOT STATE SOCKET CNI_CONF_DIR [RUNC_ROOT]: a node's containerd. The
+# further nodes give runc a root of their own too, so two containerds never share state.
+kt_containerd_config() {
+  local runc_root=""
+  [[ -n ${5:-} ]] && runc_root=$'\n'"        Root = \"$5\""
+  cat <<TOML
+version = 2
+root = "$1"
+state = "$2"
+[grpc]
+  address = "$3"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "${KT_PAUSE_IMAGE}"
+  disable_apparmor = true
+  # Without CAP_SYS_RESOURCE (as on these VMs) runc cannot lower a process's
+  # oom_score_adj and fails to start it; clamp to containerd's own value.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false${runc_root}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$4"
+TOML
+}

@@ -95,52 +95,10 @@ node_config() {
   rm -f "${KT_LOGS}/${name}"/*.log
   mkdir -p "${cfg}/net.d" "${state}/pod-logs" "${run}"
   : >"${cfg}/resolv.conf"
-  cat >"${cfg}/net.d/10-kubetrain.conflist" <<CNI
-{
-  "cniVersion": "0.4.0",
-  "name": "kubetrain",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "${KT_BRIDGE}",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "${state}/cni/ipam",
-        "ranges": [[{"subnet": "${cidr}", "gateway": "${gateway}"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-CNI
+  kt_cni_config "${state}/cni/ipam" "${cidr}" "${gateway}" >"${cfg}/net.d/10-kubetrain.conflist"
   # Its own root, state, socket and runc root: two containerds never share state.
-  cat >"${cfg}/containerd.toml" <<TOML
-version = 2
-root = "${state}/containerd"
-state = "${run}/containerd"
-[grpc]
-  address = "${sock}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "${KT_PAUSE_IMAGE}"
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "${run}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "${cfg}/net.d"
-TOML
+  kt_containerd_config "${state}/containerd" "${run}/containerd" "${sock}" "${cfg}/net.d" \
+    "${run}/runc" >"${cfg}/containerd.toml"
   # cgroupRoot keeps its pods apart from the other kubelets' (each kubelet owns and cleans
   # up the kubepods cgroup under its root); podLogsDir likewise, as a kubelet removes log
   # directories of pods it does not know.

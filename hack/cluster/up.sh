@@ -65,54 +65,12 @@ sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
 # Nothing forwarded between the bridges and any other interface (lib.sh).
 kt_isolate
 
-cat >"${KT_STATE}/cni/net.d/10-kubetrain.conflist" <<CNI
-{
-  "cniVersion": "0.4.0",
-  "name": "kubetrain",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "${KT_BRIDGE}",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "${KT_STATE}/cni/ipam",
-        "ranges": [[{"subnet": "${KT_POD_CIDR}", "gateway": "${KT_NODE_IP}"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-CNI
+kt_cni_config "${KT_STATE}/cni/ipam" "${KT_POD_CIDR}" "${KT_NODE_IP}" \
+  >"${KT_STATE}/cni/net.d/10-kubetrain.conflist"
 
 # --- containerd -----------------------------------------------------------------
-cat >"${cfg}/containerd.toml" <<TOML
-version = 2
-root = "${KT_STATE}/containerd"
-state = "${KT_RUN}/containerd"
-[grpc]
-  address = "${KT_CONTAINERD_SOCK}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "${KT_PAUSE_IMAGE}"
-  disable_apparmor = true
-  # Without CAP_SYS_RESOURCE (as on these VMs) runc cannot lower a process's
-  # oom_score_adj and fails to start it; clamp to containerd's own value.
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "${KT_STATE}/cni/net.d"
-TOML
+kt_containerd_config "${KT_STATE}/containerd" "${KT_RUN}/containerd" "${KT_CONTAINERD_SOCK}" \
+  "${KT_STATE}/cni/net.d" >"${cfg}/containerd.toml"
 # A pull would be the only way for the node to reach out: send any attempt to
 # a closed local port so it fails at once and goes nowhere.
 kt_start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
