@@ -268,10 +268,6 @@ def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
         ({"training": {"epochs": 0}}, "spec.training.epochs"),
         ({"workers": {"replicas": 2, "gpus": 1}}, 'unknown field "spec.workers.gpus"'),
         ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "spec.runPolicy.cleanPodPolicy"),
-        (
-            {"storage": {"claimName": None}, "promotion": {"enabled": True}},
-            "spec.storage.claimName",
-        ),
         ({"storage": {"claimName": "../kube-system/x"}}, "spec.storage.claimName"),
         ({"model": {"name": "007"}}, "spec.model.name"),
         ({"training": {"seed": 2**32}}, "spec.training.seed"),
@@ -287,6 +283,21 @@ def test_the_api_server_refuses_an_invalid_spec_naming_the_field(
     proc = namespace("apply", "-f", "-", input=json.dumps(body), check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_a_job_with_nowhere_to_keep_its_model_fails_naming_the_fields_and_the_chart_value(
+    ns: Kubectl,
+):
+    """No claim, no store, and no default storage from the chart: only the operator knows
+    (the API server cannot see the chart's jobDefaults), so it refuses the job at once."""
+    with operator(ns):
+        ns.apply(trainingjob("homeless", storage={"claimName": None}, promotion={"enabled": True}))
+        tj = ns.wait_for("tj homeless", phase_in("Failed"), timeout=60)
+    valid = condition(tj, "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert "spec.storage.claimName or spec.storage.uri is required" in valid["message"]
+    assert "jobDefaults.storage" in valid["message"]
+    assert pods(ns, "homeless") == []
 
 
 def test_the_api_server_refuses_a_name_too_long_for_worker_pods(namespace: Kubectl, crd: None):
