@@ -1,26 +1,30 @@
-"""The `kubetrain` command: run a TrainingJob here, be one of its workers, or serve a model."""
+"""The `kubetrain` command: run a TrainingJob here, be one of its workers, serve a model, or
+show a job's curves."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from .api.entrypoints import PULL, SERVE, SERVER_PORT, WORKER
+from .api.layout import Layout
 from .api.spec import SpecError, TrainingJob, load_job
+from .curves import TENSORBOARD_PORT
 from .server import add_pull_arguments, add_serve_arguments
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import JobFailed, run_local
+    from .runner import JobFailed, local_workdir, run_local, storage_locations
 
     try:
         job = load_job(args.file, args.set, args.set_string)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    workdir = Path(args.workdir or Path("runs") / job.metadata.name)
+    workdir = local_workdir(job, args.workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -49,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.serve:
-        print(next_steps(args.file, job, where.parent), file=sys.stderr)
+        state, models = storage_locations(job, workdir)
+        curves = Layout(workdir=state, model_root=models).tensorboard
+        print(next_steps(args.file, job, where.parent, curves), file=sys.stderr)
     print(json.dumps(result.document()))
     if args.serve:
         from .server import serve
@@ -64,8 +70,9 @@ def _shown(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
-def next_steps(job_file: str, job: TrainingJob, model_dir: Path) -> str:
-    """What a user can do with the model just exported: serve it here, or go to a cluster."""
+def next_steps(job_file: str, job: TrainingJob, model_dir: Path, curves: str) -> str:
+    """What a user can do with the model just exported: serve it here, look at its training
+    curves, or go to a cluster."""
     url = f"localhost:{SERVER_PORT}/v1/models/{job.spec.model_name}:predict"
     mnist = job.spec.dataset.name == "mnist"
     sample = "@examples/digit-7.json" if mnist else "'{\"instances\": [...]}'"
@@ -74,6 +81,7 @@ def next_steps(job_file: str, job: TrainingJob, model_dir: Path) -> str:
             "what next:",
             f"  serve it here:  kubetrain serve --model-dir {model_dir}",
             f"  then ask it:    curl -d {sample} {url}",
+            f"  its curves:     kubetrain tensorboard {curves}",
             f"  on a cluster:   kubectl apply -f {job_file}  (after helm install kubetrain"
             " charts/kubetrain; see the README's 'On Kubernetes')",
         ]
@@ -96,6 +104,23 @@ def _pull(args: argparse.Namespace) -> int:
     from .server import pull
 
     return pull(args)
+
+
+def _tensorboard(args: argparse.Namespace) -> int:
+    from .curves import log_dir, tensorboard
+    from .storage import StorageError, StoreUnreachable
+
+    try:
+        logdir = log_dir(args.target, args.workdir)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
+    try:
+        return tensorboard(logdir, args.port)
+    except (StorageError, StoreUnreachable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -143,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(SERVE, help="serve an exported model over REST")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    board = commands.add_parser(
+        "tensorboard", help="show a job's loss, metrics and learning rate in TensorBoard"
+    )
+    board.add_argument(
+        "target",
+        metavar="JOB_OR_DIR",
+        help="the TrainingJob file `kubetrain run` took, or a directory or s3:// URI of curves",
+    )
+    board.add_argument("--workdir", help="the --workdir `kubetrain run` was given, if any")
+    board.add_argument(
+        "--port", type=int, default=TENSORBOARD_PORT, help=f"on 127.0.0.1 ({TENSORBOARD_PORT})"
+    )
+    board.set_defaults(func=_tensorboard)
 
     pull = commands.add_parser(PULL, help="copy one model version out of a store (s3://...)")
     add_pull_arguments(pull)

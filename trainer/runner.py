@@ -179,6 +179,11 @@ class LocalJob:
             process.wait()
 
 
+def local_workdir(job: TrainingJob, given: str | None = None) -> Path:
+    """Where `kubetrain run` works on `job`: `given` (its --workdir), else runs/<job name>."""
+    return Path(given or Path("runs") / job.metadata.name)
+
+
 def storage_locations(job: TrainingJob, workdir: Path) -> tuple[str, str]:
     """(the job's state, the model root): under `spec.storage.uri` when the job names one,
     as in a cluster, else in the local run directory."""

@@ -214,6 +214,39 @@ class Store:
                     self.fs.rm(stale)
         return True
 
+    def upload(self, local: Path, rel: str) -> None:
+        """Copy every file under `local` to `rel`, replacing files of the same name and keeping
+        the others. For files that only ever grow, such as TensorBoard's event files: a reader
+        takes each as far as it goes, so they need no marker."""
+        names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        target = self.path(rel)
+        with named_errors(target):
+            if self.local:
+                for name in names:
+                    Path(target, name).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.put([str(local / n) for n in names], [join(target, n) for n in names])
+
+    def follow(self, rel: str, local: Path) -> int:
+        """Bring a local copy of the growing files under `rel` up to date: each file's bytes
+        past its local length are appended (a new file is fetched whole). Returns the number
+        of bytes fetched."""
+        source = self.path(rel)
+        fetched = 0
+        with named_errors(source):
+            # As `find` names them: absolute local paths, or bucket/key.
+            prefix = str(Path(source).resolve()) if self.local else source.split("://", 1)[-1]
+            for remote, info in self.fs.find(source, detail=True).items():
+                copy = local / str(remote)[len(prefix) + 1 :]
+                have = copy.stat().st_size if copy.exists() else 0
+                if info["size"] <= have:
+                    continue
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                data = self.fs.cat_file(remote, start=have)
+                with copy.open("ab") as out:
+                    out.write(data)
+                fetched += len(data)
+        return fetched
+
     def fetch(self, rel: str, local: Path) -> Path:
         """`rel`'s files copied into `local` (created); the local path of `rel` itself on a
         local store, where nothing is copied."""

@@ -3,8 +3,8 @@
 Every worker runs this same program with its own TF_CONFIG (the local runner and the operator
 set it alike). Each reads only its shard of the training data, the strategy keeps weights in
 sync, BackupAndRestore lets a restarted job resume at the last finished epoch, and the chief
-alone publishes per-epoch checkpoints. When training ends the chief evaluates the best epoch on
-the test split and exports it.
+alone publishes per-epoch checkpoints and TensorBoard curves. When training ends the chief
+evaluates the best epoch on the test split and exports it.
 """
 
 from __future__ import annotations
@@ -185,6 +185,48 @@ class PublishBackup(keras.callbacks.Callback):
         self.uploads.submit(lambda: self._publish(staging), staging)
 
 
+class Curves(keras.callbacks.Callback):
+    """Write each epoch's loss, metrics and learning rate as TensorBoard scalars (chief).
+
+    The runs and tags are the ones Keras' TensorBoard callback writes (`train/` and
+    `validation/`, `epoch_loss`, `epoch_learning_rate`, ...), so the charts pair training
+    with validation as TensorFlow users know them; the step is the epoch's number, as in the
+    checkpoints' names. Unlike that callback, this one flushes every epoch (an epoch's curves
+    are readable as soon as it ends), and the other workers write nothing (that callback gives
+    each a directory of its own inside the log directory). TensorFlow writes to local disk
+    only: for an object store the files are written in `local` and uploaded after every
+    epoch, in the background with the checkpoints.
+    """
+
+    RUNS = ("train", "validation")
+
+    def __init__(self, store: Store, local: Path, uploads: Uploads) -> None:
+        super().__init__()
+        self.store, self.local, self.uploads = store, local, uploads
+        self.writers = {run: tf.summary.create_file_writer(str(local / run)) for run in self.RUNS}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        scalars: dict[str, dict[str, float]] = {run: {} for run in self.RUNS}
+        for name, value in (logs or {}).items():
+            run, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            scalars[run][tag] = float(value)
+        rate = keras.backend.get_value(self.model.optimizer.learning_rate)  # a MirroredVariable
+        scalars["train"]["learning_rate"] = float(rate)
+        for run, writer in self.writers.items():
+            with writer.as_default():
+                for tag, value in scalars[run].items():
+                    tf.summary.scalar(f"epoch_{tag}", value, step=epoch + 1)
+            writer.flush()
+        if not self.store.local:
+            staging = Path(tempfile.mkdtemp(prefix="kubetrain-curves-"))
+            shutil.copytree(self.local, staging, dirs_exist_ok=True)
+            self.uploads.submit(lambda: self.store.upload(staging, ""), staging)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
 def weights_digest(model: keras.Model) -> str:
     """A fingerprint of the weights; equal on all workers when they are in sync."""
     digest = hashlib.sha256()
@@ -305,9 +347,12 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
     fence = Fence(Store.open(layout.workdir), attempt_from_env())
     if cluster.is_chief:
         fence.claim(resuming=has_backup)
+    curves = Store.open(layout.tensorboard)
     if cluster.is_chief and not has_backup:
-        # A fresh start: epochs left by an earlier, finished run must not compete for "best".
+        # A fresh start: epochs left by an earlier, finished run must not compete for "best",
+        # nor draw their curves over this run's.
         stored.remove("")
+        curves.remove("")
     with strategy.scope():
         model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
         decay_steps = steps * spec.training.epochs
@@ -324,6 +369,8 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         published = (
             [] if backup.local else [PublishBackup(backup, local_backup, cluster, uploads, fence)]
         )
+        local_curves = Path(curves.uri) if curves.local else Path(scratch) / "tensorboard"
+        drawn = [Curves(curves, local_curves, uploads)] if cluster.is_chief else []
         model.fit(
             strategy.distribute_datasets_from_function(lambda _: train_ds),
             epochs=spec.training.epochs,
@@ -337,6 +384,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
                 EpochCheckpoint(stored, cluster, uploads, fence),
                 keras.callbacks.BackupAndRestore(str(local_backup)),
                 *published,
+                *drawn,
                 reporter,
             ],
             verbose=0,

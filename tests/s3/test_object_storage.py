@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from boards import curves, get_json, tensorboard
 from datasets import write_planesnet_folder, write_planesnet_json
 from kubetrain.trainer import checkpoints
 from kubetrain.trainer.api.entrypoints import DATA_CACHE_ENV
@@ -98,6 +99,30 @@ def test_wrong_credentials_are_a_storage_error_naming_the_uri(
         Store.open(f"s3://{bucket}/jobs").write_text("result.json", "{}")
 
 
+@pytest.mark.parametrize("where", ["bucket", "directory"])
+def test_growing_files_are_uploaded_without_removing_others_and_followed_by_their_new_bytes(
+    where: str, bucket: str, tmp_path: Path
+) -> None:
+    root = {"bucket": f"s3://{bucket}", "directory": str(tmp_path / "volume")}[where]
+    store = Store.open(f"{root}/jobs/a/tensorboard")
+    earlier, writer, reader = tmp_path / "earlier", tmp_path / "writer", tmp_path / "reader"
+    (earlier / "train").mkdir(parents=True)
+    (earlier / "train" / "events.1").write_bytes(b"attempt 1")
+    store.upload(earlier, "")
+    (writer / "train").mkdir(parents=True)
+    (writer / "train" / "events.2").write_bytes(b"epoch 1;")
+    store.upload(writer, "")  # a later attempt's files join the earlier one's
+    assert store.follow("", reader) == len(b"attempt 1") + len(b"epoch 1;")
+
+    with (writer / "train" / "events.2").open("ab") as events:
+        events.write(b"epoch 2;")
+    store.upload(writer, "")
+    assert store.follow("", reader) == len(b"epoch 2;")  # only what was added
+    assert (reader / "train" / "events.2").read_bytes() == b"epoch 1;epoch 2;"
+    assert (reader / "train" / "events.1").read_bytes() == b"attempt 1"
+    assert store.follow("", reader) == 0
+
+
 # --- kubetrain run with its state in a bucket ----------------------------------------------
 
 
@@ -143,6 +168,15 @@ def test_a_job_in_a_bucket_keeps_nothing_local_and_resumes_from_the_bucket(
     assert result.checkpoint.startswith(f"{uri}/jobs/tiny/checkpoints/epoch-")
     assert {"metadata.json", "saved_model.pb", "variables"} <= set(store.children("models/mnist/1"))
     assert store.read_text("jobs/tiny/result.json")
+    # The chief's curves are in the bucket too, every epoch of them, the retrained one twice.
+    assert store.children("jobs/tiny/tensorboard") == ["train", "validation"]
+    board = f"{uri}/jobs/tiny/tensorboard"
+    with tensorboard(board, log=tmp_path / "log", runs=["train", "validation"]) as url:
+        # TensorBoard reads no s3:// here: it draws a copy of the bucket's event files.
+        tags = get_json(f"{url}/plugin/scalars/tags")
+        assert "epoch_accuracy" in tags["validation"]  # type: ignore[index]
+    store.follow("jobs/tiny/tensorboard", tmp_path / "curves")
+    assert set(curves(tmp_path / "curves" / "validation")["epoch_accuracy"]) == {1, 2, 3, 4}
     # The local run directory holds the job file and logs, not the job's state.
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["job.json", "logs"]
 

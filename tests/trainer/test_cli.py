@@ -36,6 +36,7 @@ def test_run_trains_exports_and_writes_the_result(job_document: dict, tmp_path: 
     )
     assert done.returncode == 0, done.stderr
     assert "epoch 2/2" in done.stderr
+    assert f"kubetrain tensorboard {tmp_path / 'run' / 'tensorboard'}" in done.stderr
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result == json.loads(done.stdout)
     assert {
@@ -162,3 +163,26 @@ def test_a_worker_given_bad_data_exits_3_with_its_reason(
     )
     assert done.returncode == 3
     assert "missing train-images-idx3-ubyte" in (tmp_path / "termination-log").read_text()
+
+
+def test_tensorboard_reads_a_jobs_curves_where_run_keeps_them(
+    job_document: dict, tmp_path: Path
+) -> None:
+    from kubetrain.trainer.curves import log_dir
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(job_document))
+    assert log_dir(str(path)) == "runs/tiny/tensorboard"
+    assert log_dir(str(path), str(tmp_path / "run")) == f"{tmp_path}/run/tensorboard"
+    job_document["spec"]["storage"] = {"uri": "s3://bucket/kubetrain"}
+    path.write_text(yaml.safe_dump(job_document))
+    assert log_dir(str(path)) == "s3://bucket/kubetrain/jobs/tiny/tensorboard"
+    # A directory or URI is read as it is: TensorBoard finds the runs below it.
+    assert log_dir(str(tmp_path)) == str(tmp_path)
+    assert log_dir("s3://bucket/kubetrain/jobs") == "s3://bucket/kubetrain/jobs"
+
+
+def test_tensorboard_on_a_missing_job_file_names_it(tmp_path: Path) -> None:
+    done = kubetrain("tensorboard", str(tmp_path / "nowhere.yaml"))
+    assert done.returncode == 2
+    assert "nowhere.yaml: no such file" in done.stderr and "Traceback" not in done.stderr

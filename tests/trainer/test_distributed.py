@@ -68,6 +68,10 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(
         "epoch-0002",
         "epoch-0003",
     ]
+    runs = [run.name for run in (tmp_path / "tensorboard").iterdir()]
+    assert sorted(runs) == ["train", "validation"]  # the chief's curves, nobody else's
+    for run in runs:
+        assert len(list((tmp_path / "tensorboard" / run).iterdir())) == 1  # one event file
 
     from kubetrain.trainer.tflib import tf
 

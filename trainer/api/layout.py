@@ -25,6 +25,9 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 JOBS_DIR = "jobs"
 MODELS_DIR = "models"
+TENSORBOARD_DIR = "tensorboard"
+"""In a job's workdir: the chief's TensorBoard event files, one run per directory below it
+(`train/`, `validation/`)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class Layout:
     @property
     def backup(self) -> str:
         return f"{self.workdir.rstrip('/')}/backup"
+
+    @property
+    def tensorboard(self) -> str:
+        return f"{self.workdir.rstrip('/')}/{TENSORBOARD_DIR}"
 
 
 class Listing(Protocol):
