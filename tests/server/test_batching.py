@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -91,6 +92,135 @@ def test_a_failing_model_call_fails_only_its_batch():
     bad, good = asyncio.run(main())
     assert isinstance(bad, ValueError)
     np.testing.assert_array_equal(good, np.ones((1, 1)))
+
+
+class LoopIterations:
+    """Counts event loop iterations: a callback that schedules itself runs once in each."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._handle: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
+
+
+def test_requests_arriving_in_one_loop_iteration_share_a_batch_dispatched_in_the_next():
+    # Cutting the batch at the first request that meets the target would split a crowd into
+    # small batches; waiting for a dispatcher task would queue it behind a busy iteration.
+    iterations = LoopIterations()
+    model = RecordingModel()
+    dispatched_in: list[int] = []
+    arrived_in: list[int] = []
+
+    async def main() -> None:
+        batcher = Batcher(
+            model,
+            max_batch_size=32,
+            max_wait=10.0,
+            on_batch=lambda rows: dispatched_in.append(iterations.count),
+        )
+        batcher.start()
+        await batcher.predict(np.ones((1, 2)))  # the batch target is now one row
+        iterations.start()
+
+        async def request() -> np.ndarray:
+            arrived_in.append(iterations.count)
+            return await batcher.predict(np.ones((1, 2)))
+
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(request() for _ in range(5)))
+        iterations.stop()
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.calls[1:] == [5]
+    assert len(set(arrived_in)) == 1 and dispatched_in[1:] == [arrived_in[0] + 1]
+
+
+def test_answers_reach_the_caller_in_the_loop_iteration_after_the_model_returns():
+    # The call's thread hands its output to one loop callback, which answers the callers
+    # and starts the next batch: no future or task in between to queue behind a busy loop.
+    iterations = LoopIterations()
+    go = threading.Event()
+    handed_over: list[int] = []
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+
+        def hold_the_loop_until_the_call_returned() -> None:
+            go.set()
+            time.sleep(0.2)  # the model returns meanwhile and queues its answer
+            handed_over.append(iterations.count)
+
+        def model(rows: np.ndarray) -> np.ndarray:
+            loop.call_soon_threadsafe(hold_the_loop_until_the_call_returned)
+            go.wait(5)
+            return rows
+
+        batcher = Batcher(model, max_batch_size=4, max_wait=0)
+        batcher.start()
+        iterations.start()
+        async with asyncio.timeout(5):  # unlike wait_for, no task of its own in between
+            await batcher.predict(np.ones((1, 2)))
+        answered = iterations.count
+        iterations.stop()
+        await batcher.close()
+        return answered
+
+    answered = asyncio.run(main())
+    assert answered - handed_over[0] <= 2
+
+
+def test_queued_requests_go_as_soon_as_the_running_call_ends():
+    release = threading.Event()
+    calls: list[int] = []
+
+    def model(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            release.wait(5)
+        return rows
+
+    async def main() -> float:
+        batcher = Batcher(model, max_batch_size=8, max_wait=0)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(batcher.predict(np.ones((1, 2))))
+        await asyncio.sleep(0.05)  # the first call runs and holds the only model thread
+        waiting = [asyncio.ensure_future(batcher.predict(np.ones((1, 2)))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        released = loop.time()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
+        elapsed = loop.time() - released
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(main()) < 1.0
+    assert calls == [1, 3], "the requests queued behind a running call share the next one"
+
+
+def test_a_closed_batcher_refuses_new_requests_and_fails_queued_ones():
+    async def main() -> tuple[BaseException | np.ndarray, BaseException | np.ndarray]:
+        batcher = Batcher(RecordingModel(), max_batch_size=4, max_wait=10.0)
+        batcher.start()
+        queued = asyncio.ensure_future(batcher.predict(np.ones((1, 2))))
+        await asyncio.sleep(0)
+        await batcher.close()
+        late = await asyncio.gather(batcher.predict(np.ones((1, 2))), return_exceptions=True)
+        return (await asyncio.gather(queued, return_exceptions=True))[0], late[0]
+
+    queued, late = asyncio.run(main())
+    assert isinstance(queued, RuntimeError) and isinstance(late, RuntimeError)
 
 
 def batch_histogram(client: httpx.Client) -> tuple[float, float]:

@@ -1,18 +1,27 @@
 """Dynamic batching: concurrent requests share one model call, each caller gets its own rows.
 
-Requests queue on the event loop; a dispatcher takes queued requests in arrival order until
-the batch would exceed `max_batch_size` rows, runs one model call in a worker thread (so the
-loop keeps accepting while the model computes), then splits the output back by row counts.
-Requests arriving while a call runs form the next batch, which is where the throughput
-comes from. `max_wait` bounds how long the oldest request waits for company; the
-dispatcher stops waiting early once as many rows are queued as the previous batch carried
-(at first: a full batch), so a lone client pays the wait once, not on every request, and a
-steady crowd is dispatched as soon as it has all arrived.
+Requests queue on the event loop and are taken in arrival order until a batch would exceed
+`max_batch_size` rows; one model call runs in a worker thread (so the loop keeps accepting
+while the model computes) and its output is split back by row counts. Requests arriving while
+a call runs form the next batch, which is where the throughput comes from. `max_wait` bounds
+how long the oldest request waits for company; a batch leaves early once as many rows are
+queued as the previous batch carried (at first: a full batch), so a lone client pays the wait
+once, not on every request, and a steady crowd is dispatched as soon as it has all arrived.
+
+Decisions are taken in plain loop callbacks, not by a dispatcher task that must first be
+woken: one callback per loop iteration looks at the queue once every request read in that
+iteration has joined it (so a crowd arriving together shares a batch rather than being cut at
+the first request that meets the target), a timer dispatches a batch whose oldest request has
+waited `max_wait`, and the model thread hands its output to a single callback that answers the
+callers and starts the next batch. Under load one loop iteration runs dozens of request
+handlers, and every extra hop through the ready queue (a future, then a task) queued the
+answers behind all of them once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections import deque
 from collections.abc import Callable
@@ -50,61 +59,75 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
-        self._arrived = asyncio.Event()
         self._target_rows = max_batch_size
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._dispatch_soon = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
-        self._dispatchers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._dispatchers = [
-            asyncio.create_task(self._dispatch_forever(), name=f"batcher-{i}")
-            for i in range(self._threads)
-        ]
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        """Fail whatever is still queued, stop the dispatchers and the worker threads."""
-        for task in self._dispatchers:
-            task.cancel()
-        for task in self._dispatchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Fail whatever is still queued, then let running calls finish and stop the threads."""
+        self._closed = True
+        self._cancel_timer()
         while self._queue:
             request = self._queue.popleft()
             if not request.future.done():
                 request.future.set_exception(RuntimeError("server is shutting down"))
+        self._queued_rows = 0
         self._executor.shutdown(wait=True)
 
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         """The model's output for `rows`, computed in some batch together with others."""
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError("server is shutting down")
         request = _Request(rows, loop.create_future(), loop.time())
         self._queue.append(request)
         self._queued_rows += len(rows)
-        self._arrived.set()
+        if not self._dispatch_soon:  # once all the requests this iteration reads are queued
+            self._dispatch_soon = True
+            loop.call_soon(self._on_arrivals)
         return await request.future
 
-    async def _wait_for_arrival(self, timeout: float | None) -> bool:
-        self._arrived.clear()
-        try:
-            await asyncio.wait_for(self._arrived.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    def _on_arrivals(self) -> None:
+        self._dispatch_soon = False
+        self._dispatch()
 
-    async def _dispatch_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._queue:
-                await self._wait_for_arrival(None)
+    def _dispatch(self) -> None:
+        """Start batches while a thread is free and the queue is ready to go; else make sure
+        a timer will look again when the oldest request has waited long enough."""
+        assert self._loop is not None, "start() the batcher on the event loop first"
+        while self._queue and self._running < self._threads and not self._closed:
             deadline = self._queue[0].enqueued + self._max_wait
-            want = min(self._target_rows, self._max_rows)
-            while self._queued_rows < want:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not await self._wait_for_arrival(remaining):
-                    break
+            short = self._queued_rows < min(self._target_rows, self._max_rows)
+            if short and self._loop.time() < deadline:
+                self._arm_timer(deadline)
+                return
             batch = self._take()
             if batch:
-                await self._run(batch)
+                self._run(batch)
+        self._cancel_timer()
+
+    def _arm_timer(self, deadline: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None and self._timer.when() <= deadline:
+            return
+        self._cancel_timer()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _take(self) -> list[_Request]:
         """Queued requests in order, up to the row limit (a single oversized one goes alone)."""
@@ -123,25 +146,40 @@ class Batcher:
             rows += n
         return batch
 
-    async def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[_Request]) -> None:
+        """Submit one model call; its thread hands the output straight to `_finish`."""
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch], axis=0)
         self._target_rows = max(1, len(rows))
         if self._on_batch is not None:
             self._on_batch(len(rows))
-        loop = asyncio.get_running_loop()
-        try:
-            output = await loop.run_in_executor(self._executor, self._call, rows)
-        except Exception as error:  # one failure answers every caller in the batch
+        self._running += 1
+        loop = self._loop
+        assert loop is not None
+        call = self._executor.submit(self._call, rows)
+
+        def done(call: concurrent.futures.Future[np.ndarray]) -> None:  # in the worker thread
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(self._finish, batch, call)
+
+        call.add_done_callback(done)
+
+    def _finish(self, batch: list[_Request], call: concurrent.futures.Future[np.ndarray]) -> None:
+        """Answer every caller of a finished call, then start the next batch at once."""
+        self._running -= 1
+        error = call.exception()
+        if error is not None:  # one failure answers every caller in the batch
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
-            return
-        start = 0
-        for request in batch:
-            end = start + len(request.rows)
-            if not request.future.done():
-                request.future.set_result(output[start:end])
-            start = end
+        else:
+            output = call.result()
+            start = 0
+            for request in batch:
+                end = start + len(request.rows)
+                if not request.future.done():
+                    request.future.set_result(output[start:end])
+                start = end
+        self._dispatch()
 
 
 class Unbatched:
