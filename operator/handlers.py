@@ -2,15 +2,23 @@
 
     kopf run -m kubetrain.operator.handlers --all-namespaces
 
-One timer per TrainingJob reconciles it level-triggered from its status and an in-memory
-index of worker pods (one cluster-wide watch, no per-job list requests). All state lives in
-`status`, so an operator restarted mid-job picks up where it stopped.
+Event-driven: a TrainingJob, or one of its pods, changing puts the job's key on a work queue,
+and a pool of worker threads reconciles it level-triggered from its status (read fresh) and an
+in-memory index of worker pods (one cluster-wide watch, no per-job list requests). Only where
+time itself is the trigger (a deadline, a TTL, a running chief's progress, a rollout) does the
+planner ask to look again, at that moment. kopf's own handlers are watchers and an index, which
+need no finalizer: a job can be deleted while no operator runs. All state lives in `status`,
+so an operator restarted mid-job picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +29,7 @@ from kubetrain.operator.kube import (
     ApiError,
     Kube,
     deployments_path,
+    events_path,
     in_cluster,
     network_policies_path,
     node_path,
@@ -29,6 +38,7 @@ from kubetrain.operator.kube import (
     services_path,
     trainingjob_path,
 )
+from kubetrain.operator.leader import LEASE_NAME, Elector, Timing
 from kubetrain.operator.manifests import (
     LABEL_JOB,
     LABEL_ROLE,
@@ -41,7 +51,14 @@ from kubetrain.operator.manifests import (
     worker_pod,
 )
 from kubetrain.operator.settings import SETTINGS
-from kubetrain.operator.status import epoch_records, progress_update, replace_maps, result_update
+from kubetrain.operator.status import (
+    epoch_records,
+    now_iso,
+    progress_update,
+    replace_maps,
+    result_update,
+)
+from kubetrain.operator.workqueue import WorkQueue
 from kubetrain.trainer.api.records import parse_result
 from kubetrain.trainer.api.spec import (
     API_GROUP,
@@ -53,22 +70,48 @@ from kubetrain.trainer.api.spec import (
 )
 from kubetrain.trainer.api.status import Phase, Reason
 
-_kube: Kube | None = None
+log = logging.getLogger("kubetrain.operator")
+
+Key = tuple[str, str]
+"""(namespace, name) of a TrainingJob: what the work queue holds."""
+
+
+class _Runtime:
+    """What one run of the operator builds at startup and tears down at cleanup."""
+
+    def __init__(self, worker_pods: kopf.Index) -> None:
+        self.kube = Kube()  # fresh credentials for every start (also of an in-process operator)
+        self.queue = WorkQueue()
+        self.worker_pods = worker_pods
+        self.elector: Elector | None = None
+        self.threads: list[threading.Thread] = []
+
+
+_runtime: _Runtime | None = None
+
+
+def runtime() -> _Runtime:
+    """What `configure` builds at startup; kopf runs no other handler before it."""
+    if _runtime is None:
+        raise RuntimeError("the operator's runtime is built by the startup handler, not yet run")
+    return _runtime
 
 
 def kube() -> Kube:
-    """The client `configure` builds at startup; kopf runs no other handler before it."""
-    if _kube is None:
-        raise RuntimeError("the API client is built by the startup handler, not yet run")
-    return _kube
+    return runtime().kube
 
 
-class _QuietTimers(logging.Filter):
-    """Drop kopf's "Timer ... succeeded." line: at one tick per job every 2 s it is noise."""
+WATCHERS = ("job_changed", "pod_changed")
+
+
+class _QuietWatchers(logging.Filter):
+    """Drop kopf's "Handler 'job_changed' succeeded." lines: one per watch event is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+        return not (
+            message.endswith(" succeeded.") and any(f"'{name}'" in message for name in WATCHERS)
+        )
 
 
 @kopf.on.login()
@@ -84,9 +127,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Keep kopf's bookkeeping in annotations: the status schema is structural, and pruned.
+def configure(settings: kopf.OperatorSettings, worker_pods: kopf.Index, **_: Any) -> None:
+    """kopf's settings, the API client, the reconcile threads and the leader election.
+
+    Returns at once, also on a standby: kopf serves /healthz only after startup handlers.
+    """
+    # The timer of earlier versions needed this finalizer. No handler needs one now, so kopf
+    # removes it from every job it lists: jobs of an upgraded operator can be deleted freely.
     settings.persistence.finalizer = f"{API_GROUP}/operator"
+    # Keep kopf's bookkeeping (if ever) in annotations: the status schema is structural.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
@@ -95,17 +144,91 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.execution.max_workers = SETTINGS.threads
-    # The tick that deletes a job (ttlSecondsAfterFinished) is still running when kopf sees the
-    # deletion, so kopf keeps its finalizer until it polls the timer again: by default after
-    # 60 s, which would leave the job Terminating that long.
-    settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.INFO
     objects = logging.getLogger("kopf.objects")
-    if not any(isinstance(f, _QuietTimers) for f in objects.filters):
-        objects.addFilter(_QuietTimers())
-    global _kube
-    _kube = Kube()  # fresh credentials for every start (also of an in-process operator)
+    if not any(isinstance(f, _QuietWatchers) for f in objects.filters):
+        objects.addFilter(_QuietWatchers())
+    global _runtime
+    _runtime = rt = _Runtime(worker_pods)
+    if SETTINGS.leader_election:
+        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        timing = Timing.scaled(SETTINGS.lease_duration)
+        rt.elector = Elector(rt.kube, SETTINGS.lease_namespace, identity, timing, _stop_acting)
+        where = f"{SETTINGS.lease_namespace}/{LEASE_NAME}"
+        log.info("waiting for the Lease %s as %s", where, identity)
+        rt.elector.start()
+    for i in range(SETTINGS.threads):
+        thread = threading.Thread(target=_work, args=(rt,), name=f"reconcile-{i}", daemon=True)
+        rt.threads.append(thread)
+        thread.start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    """Let in-flight reconciles finish, then hand the Lease over (a standby need not wait)."""
+    rt = runtime()
+    rt.queue.shut_down()
+    for thread in rt.threads:
+        thread.join(timeout=30)
+    if rt.elector is not None:
+        rt.elector.release()
+
+
+def _stop_acting() -> None:
+    """The Lease is lost: another replica may lead by now. Exit at once, as client-go does."""
+    runtime().queue.shut_down()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(1)
+
+
+def _work(rt: _Runtime) -> None:
+    """One worker thread: reconcile keys from the queue, only while leading (if electing)."""
+    if rt.elector is not None:
+        while not rt.elector.leading.wait(5.0):
+            if rt.queue.closed:
+                return
+    while (key := rt.queue.get()) is not None:
+        try:
+            if rt.elector is not None and not rt.elector.is_leader():
+                return  # the elector exits the process
+            _reconcile_key(rt.queue, key)
+        finally:
+            rt.queue.done(key)
+
+
+def _reconcile_key(queue: WorkQueue, key: Key) -> None:
+    namespace, name = key
+    try:
+        after = reconcile_job(namespace, name)
+    except kopf.TemporaryError as err:
+        delay = float(err.delay or 5)
+        log.warning("[%s/%s] Reconcile failed temporarily: %s", namespace, name, err)
+        queue.add_after(key, delay)
+    except Exception:
+        delay = queue.retry(key)
+        log.exception(
+            "[%s/%s] Reconcile failed with an exception; retrying in %.0fs", namespace, name, delay
+        )
+    else:
+        queue.forget(key)
+        if after is not None:
+            queue.add_after(key, after)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+async def job_changed(namespace: str, name: str, type: str | None, **_: Any) -> None:
+    """A job was created or changed (its status too): reconcile it."""
+    if type == "DELETED":
+        runtime().queue.forget((namespace, name))
+    else:
+        runtime().queue.add((namespace, name))
+
+
+@kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT})
+async def pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A pod of a job (a worker, the model check) changed: reconcile its job."""
+    runtime().queue.add((namespace, labels[LABEL_JOB]))
 
 
 @kopf.index("pods", labels={LABEL_ROLE: "worker", LABEL_JOB: kopf.PRESENT})
@@ -113,6 +236,16 @@ def worker_pods(
     body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, labels[LABEL_JOB]): summarize_pod(dict(body))}
+
+
+def _indexed_pods(namespace: str, name: str) -> list[dict[str, Any]]:
+    """The job's pods as the index holds them (kopf updates it from the event loop's thread)."""
+    for _ in range(3):
+        try:
+            return list(runtime().worker_pods.get((namespace, name), []))
+        except RuntimeError:  # changed while copied: copy again
+            continue
+    return _list_pods(namespace, name)
 
 
 def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
@@ -228,19 +361,55 @@ def _promote(
     return step.status, step.events
 
 
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=SETTINGS.interval)
-def reconcile_job(
-    body: kopf.Body,
-    name: str,
-    namespace: str,
-    patch: kopf.Patch,
-    worker_pods: kopf.Index,
-    logger: logging.Logger,
-    **_: Any,
-) -> None:
-    """Level-triggered: every tick re-derives the next step from status and pods."""
-    raw = dict(body)
-    status = dict(body.status)
+def _post_events(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+    """Events on the job (core/v1, as `kubectl describe` shows them); never fails a reconcile."""
+    meta = body["metadata"]
+    stamp = now_iso()
+    for type_, reason, message in events:
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kubetrain-operator"},
+            "reportingComponent": "kubetrain-operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            kube().create(events_path(meta["namespace"]), event)
+        except ApiError as err:
+            where = f"{meta['namespace']}/{meta['name']}"
+            log.warning("[%s] cannot post event %s: %s", where, reason, err)
+
+
+def _patch_status(path: str, status: dict[str, Any]) -> None:
+    """Through the status subresource; a job deleted meanwhile needs no status."""
+    try:
+        kube().merge_patch(path + "/status", {"status": status})
+    except ApiError as err:
+        if err.status != 404:
+            raise
+
+
+def reconcile_job(namespace: str, name: str) -> float | None:
+    """Level-triggered: re-derive the next step from the job as the API server holds it now
+    and its pods; carry it out. Returns when to look again (None: when something changes)."""
+    path = trainingjob_path(namespace, name)
+    raw = kube().get(path)
+    if raw is None or raw["metadata"].get("deletionTimestamp"):
+        return None  # deleted: owner references take its pods, Service and policy with it
+    status = dict(raw.get("status") or {})
     now = datetime.now(UTC)
     try:
         job = parse_job(
@@ -248,21 +417,20 @@ def reconcile_job(
                 "apiVersion": raw["apiVersion"],
                 "kind": raw["kind"],
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": dict(body.spec),
+                "spec": dict(raw.get("spec") or {}),
             }
         )
         job = SETTINGS.job_defaults.apply(job)
     except SpecError as err:
         update = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
-        if update.events:
-            for type_, reason, message in update.events:
-                kopf.event(body, type=type_, reason=reason, message=message)
-        patch.status.update(update.status)
-        return
+        _post_events(raw, update.events)
+        if update.status:
+            _patch_status(path, update.status)
+        return None
 
     restarts = int(status.get("restarts") or 0)
     uid = raw["metadata"]["uid"]
-    pods = reconcile.owned_pods(list(worker_pods.get((namespace, name), [])), uid)
+    pods = reconcile.owned_pods(_indexed_pods(namespace, name), uid)
     if status.get("launchedAttempt") == restarts and not reconcile.is_finished(job.spec, status):
         seen = {p["index"] for p in pods if p["attempt"] == restarts}
         if len(seen) < job.spec.workers.replicas:
@@ -301,13 +469,22 @@ def reconcile_job(
             update, events = refused.status, refused.events
         plan.status.update(update)
         plan.events.extend(events)
-    if plan.delete_job:
-        logger.info("ttlSecondsAfterFinished passed; deleting the TrainingJob")
-        kube().delete(trainingjob_path(namespace, name))
-    for type_, reason, message in plan.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+    _post_events(raw, plan.events)
     if plan.status:
-        patch.status.update(replace_maps(status, plan.status))
+        _patch_status(path, replace_maps(status, plan.status))
+    if plan.delete_job:
+        log.info("[%s/%s] ttlSecondsAfterFinished passed; deleting the job", namespace, name)
+        kube().delete(path)
+        return None
+    return reconcile.requeue_after(
+        job.spec,
+        {**status, **plan.status},
+        pods,
+        now,
+        lost,
+        progress_every=SETTINGS.progress_interval,
+        follow_every=SETTINGS.interval,
+    )
 
 
 def main() -> None:

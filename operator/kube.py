@@ -2,7 +2,7 @@
 
 The official client loads kubeconfig or in-cluster credentials; its generated typed API is
 skipped because the operator works on plain dicts (as kopf hands them over), which also keeps
-patches exact: strategic merge for Deployments (kopf patches the jobs' status itself).
+patches exact: strategic merge for Deployments, JSON merge for the jobs' status.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class Kube:
         query: dict[str, Any] | None = None,
         content_type: str = "application/json",
         raw: bool = False,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> Any:
         url = self.configuration.host + path
         if query:
@@ -81,7 +82,7 @@ class Kube:
             url,
             headers=self._headers(content_type if body is not None else None),
             body=body,
-            _request_timeout=REQUEST_TIMEOUT,
+            _request_timeout=timeout,
         )
         data = resp.read()
         # A byte-limited log can end inside a character.
@@ -107,9 +108,11 @@ class Kube:
                 return None
             raise
 
-    def get(self, path: str) -> dict[str, Any] | None:
+    def get(
+        self, path: str, timeout: tuple[float, float] = REQUEST_TIMEOUT
+    ) -> dict[str, Any] | None:
         try:
-            return self.request("GET", path)
+            return self.request("GET", path, timeout=timeout)
         except ApiError as err:
             if err.status == 404:
                 return None
@@ -124,6 +127,9 @@ class Kube:
         except ApiError as err:
             if err.status != 404:
                 raise
+
+    def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", path, patch, content_type="application/merge-patch+json")
 
     def strategic_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self.request(
@@ -171,6 +177,10 @@ COLLECTIONS = {
 """Where objects of each kind the operator creates live, by `kind`."""
 
 
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
+
+
 def node_path(name: str) -> str:
     return f"/api/v1/nodes/{name}"
 
@@ -181,3 +191,7 @@ def pvc_path(namespace: str, name: str) -> str:
 
 def trainingjob_path(namespace: str, name: str) -> str:
     return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
+def lease_path(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"

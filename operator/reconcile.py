@@ -492,6 +492,69 @@ def plan(
     return _launch(job)
 
 
+MIN_REQUEUE = 1.0
+"""The soonest a job is looked at again: a moment already past must not spin a worker."""
+
+
+def requeue_after(
+    spec: TrainingJobSpec,
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    now: datetime,
+    lost_nodes: frozenset[str] = frozenset(),
+    progress_every: float = 10.0,
+    follow_every: float = 2.0,
+) -> float | None:
+    """Seconds until time alone changes what `plan` does for a job in `status` (as patched),
+    or None: until the job or one of its pods changes, nothing will.
+
+    Time is the trigger for: the active deadline, the TTL, a pod stuck terminating (its
+    force-deletion), a node not yet known to be lost under a worker that stopped being Ready,
+    a running chief's progress (every `progress_every`), a job waiting for what no watch
+    reports (a missing claim, a refused pod: every `progress_every`), and a promotion under
+    way (its model check, its rollout and their deadlines: every `follow_every`).
+    """
+    moments: list[float] = []
+
+    def at(moment: datetime | None) -> None:
+        if moment is not None:
+            moments.append((moment - now).total_seconds())
+
+    phase = status.get("phase")
+    policy = spec.run_policy
+    for pod in pods:
+        since = parse_time(pod.get("deletionTimestamp"))
+        if since is not None:
+            at(since + FORCE_DELETE_AFTER)
+    if phase in FINISHED_TRAINING:
+        if phase == Phase.PROMOTING or (
+            phase == Phase.SUCCEEDED and not promotion_decided(spec, status)
+        ):
+            moments.append(follow_every)
+        elif policy.ttl_seconds_after_finished is not None and is_finished(spec, status):
+            done = parse_time(status.get("completionTime"))
+            if done is not None:
+                at(done + timedelta(seconds=policy.ttl_seconds_after_finished))
+    else:
+        started = parse_time(status.get("startTime"))
+        if policy.active_deadline_seconds is not None and started is not None:
+            at(started + timedelta(seconds=policy.active_deadline_seconds))
+        restarts = int(status.get("restarts") or 0)
+        chief_running = any(
+            p["index"] == 0 and p["attempt"] == restarts and p["phase"] == "Running" for p in pods
+        )
+        valid = get_condition(status.get("conditions") or [], ConditionType.VALID)
+        if (phase == Phase.RUNNING and chief_running) or (
+            valid is not None and valid.get("status") == "False"
+        ):
+            moments.append(progress_every)
+        if node_suspects(pods) - lost_nodes:
+            moments.append(follow_every)
+    if not moments:
+        return None
+    return max(min(moments), MIN_REQUEUE)
+
+
 def reject(status: dict[str, Any], reason: Reason, message: str, now: datetime) -> Plan:
     """A job whose spec does not parse (the schema let it through): Failed, Valid=False."""
     b = _Builder(status, now)

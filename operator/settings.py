@@ -73,7 +73,13 @@ class Settings:
     interval: float = field(
         default_factory=lambda: float(os.environ.get("KUBETRAIN_RECONCILE_INTERVAL", "2"))
     )
-    """Seconds between two reconciles of one job (progress and rollout polling too)."""
+    """Seconds between two looks at a promotion under way (its model check, its rollout):
+    the operator watches no Deployments, and a promotion lasts seconds to minutes."""
+    progress_interval: float = field(
+        default_factory=lambda: float(os.environ.get("KUBETRAIN_PROGRESS_INTERVAL", "10"))
+    )
+    """Seconds between two reads of a running chief's log, and between two looks at a job
+    waiting for what no watch reports (a missing claim, a refused pod)."""
     threads: int = field(default_factory=lambda: int(os.environ.get("KUBETRAIN_THREADS", "16")))
     log_tail_lines: int = 200
     log_limit_bytes: int = 256 * 1024
@@ -104,6 +110,20 @@ class Settings:
     liveness_port: int | None = field(
         default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None
     )
+    leader_election: bool = field(default_factory=lambda: _flag("KUBETRAIN_LEADER_ELECTION", False))
+    """Reconcile only while holding the Lease, so that several replicas can run."""
+    lease_namespace: str = field(
+        default_factory=lambda: (
+            os.environ.get("KUBETRAIN_LEASE_NAMESPACE")
+            or os.environ.get("WATCH_NAMESPACE")
+            or "default"
+        )
+    )
+    """Where the Lease lives: the operator's own namespace (the chart's downward API)."""
+    lease_duration: float = field(
+        default_factory=lambda: float(os.environ.get("KUBETRAIN_LEASE_DURATION", "15"))
+    )
+    """Seconds a standby waits on an unrenewed Lease (renew deadline and retry scale with it)."""
 
     def serving_access(self) -> Access | None:
         """Who may reach serving pods, or None when NetworkPolicies are off."""

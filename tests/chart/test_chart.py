@@ -117,6 +117,7 @@ def test_the_examples_conform_to_the_trainingjob_schema(tools: Tools) -> None:
         ("storage.size=lots", "at '/storage/size'"),
         ("storage.accessModes={ReadWriteSometimes}", "at '/storage/accessModes/0'"),
         ("threads=0", "at '/threads': minimum"),
+        ("replicas=0", "at '/replicas': minimum"),
         ("logFormat=xml", "at '/logFormat'"),
         ("podSecurityContext.runAsNonRoot=false", "at '/podSecurityContext/runAsNonRoot'"),
         ("workerCommand=kubetrain worker", "at '/workerCommand'"),
@@ -169,7 +170,7 @@ def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 # Every (group, resource, verb) the operator's code and kopf use in a watched namespace.
 OPERATOR_GRANTS = {
-    *{("kubetrain.io", "trainingjobs", v) for v in ("list", "watch", "patch", "delete")},
+    *{("kubetrain.io", "trainingjobs", v) for v in ("get", "list", "watch", "patch", "delete")},
     ("kubetrain.io", "trainingjobs/status", "patch"),
     ("kubetrain.io", "trainingjobs/finalizers", "update"),
     *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
@@ -186,6 +187,7 @@ DISCOVERY_GRANTS = {
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")},
     ("", "nodes", "get"),  # is a lost worker's node Ready?
 }
+LEADER_ELECTION_GRANTS = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -202,7 +204,7 @@ def test_rbac_names_every_verb_and_resource(tools: Tools, name: str) -> None:
 
 def test_watching_all_namespaces_grants_the_operator_rules_cluster_wide(tools: Tools) -> None:
     docs = objects(tools, [])
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    assert set(rules_of(docs, "Role")) == {f"{NAMESPACE}/kubetrain-leader-election"}
     cluster = rules_of(docs, "ClusterRole")
     assert grants(cluster["/kubetrain-operator"]) == OPERATOR_GRANTS
     assert grants(cluster["/kubetrain-discovery"]) == DISCOVERY_GRANTS
@@ -214,6 +216,8 @@ def test_watching_all_namespaces_grants_the_operator_rules_cluster_wide(tools: T
 def test_watching_a_namespace_list_grants_roles_in_those_namespaces_only(tools: Tools) -> None:
     docs = objects(tools, VALUE_SETS["namespace-list"])
     roles = rules_of(docs, "Role")
+    election = roles.pop(f"{NAMESPACE}/kubetrain-leader-election")
+    assert grants(election) == LEADER_ELECTION_GRANTS
     assert set(roles) == {"team-a/kubetrain-operator", "team-b/kubetrain-operator"}
     assert all(grants(rules) == OPERATOR_GRANTS for rules in roles.values())
     # Cluster-wide only what kopf must read to find its CRD and the namespaces.
@@ -229,6 +233,7 @@ def test_watching_a_namespace_list_grants_roles_in_those_namespaces_only(tools: 
     assert bindings == {
         ("team-a", "Role", "kubetrain-operator"),
         ("team-b", "Role", "kubetrain-operator"),
+        (NAMESPACE, "Role", "kubetrain-leader-election"),
     }
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["subjects"] == [
@@ -247,11 +252,38 @@ def test_no_rbac_objects_when_the_user_brings_their_own(tools: Tools) -> None:
 # --- the operator Deployment -----------------------------------------------------------------
 
 
-def test_operator_runs_once_non_root_on_a_read_only_root(tools: Tools) -> None:
+def test_the_leader_election_role_grants_only_the_lease(tools: Tools) -> None:
+    docs = objects(tools, [])
+    roles = rules_of(docs, "Role")
+    assert grants(roles[f"{NAMESPACE}/kubetrain-leader-election"]) == LEADER_ELECTION_GRANTS
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetrain", "namespace": NAMESPACE}
+    ]
+
+
+def test_replicas_elect_a_leader_in_the_releases_namespace(tools: Tools) -> None:
+    docs = objects(tools, ["replicas=2"])
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod starts as a standby before the old one stops and hands the Lease over.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = {e["name"]: e for e in operator_container(docs)["env"]}
+    assert env["KUBETRAIN_LEADER_ELECTION"]["value"] == "true"
+    assert env["KUBETRAIN_LEASE_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+
+
+def test_operator_runs_non_root_on_a_read_only_root(tools: Tools) -> None:
     docs = objects(tools, [])
     (deployment,) = by_kind(docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 1
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -295,10 +327,15 @@ def test_operator_watches_the_namespaces_it_is_granted(
 
 def test_operator_settings_reach_the_environment(tools: Tools) -> None:
     container = operator_container(
-        objects(tools, VALUE_SETS["bring-your-own"] + ["reconcileInterval=5", "threads=4"])
+        objects(
+            tools,
+            VALUE_SETS["bring-your-own"]
+            + ["reconcileInterval=5", "progressInterval=30", "threads=4"],
+        )
     )
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETRAIN_RECONCILE_INTERVAL"] == "5"
+    assert env["KUBETRAIN_PROGRESS_INTERVAL"] == "30"
     assert env["KUBETRAIN_THREADS"] == "4"
     assert env["KUBETRAIN_WORKER_COMMAND"] == '["python","-m","kubetrain.trainer","worker"]'
     assert "KUBETRAIN_SERVING_COMMAND" not in env
@@ -328,7 +365,7 @@ def test_models_claim_is_made_where_the_jobs_run(tools: Tools) -> None:
 
 
 def operator_environment(tools: Tools, values: list[str]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in operator_container(objects(tools, values))["env"]}
+    return {e["name"]: e.get("value") for e in operator_container(objects(tools, values))["env"]}
 
 
 def test_jobs_that_name_no_image_or_storage_get_the_local_image_and_the_charts_claim(

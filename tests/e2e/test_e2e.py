@@ -99,8 +99,8 @@ def release(kubeconfig: str, tools: Tools) -> Iterator[Release]:
         rel.times.update(sampler.stop())
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(rel.times, indent=1) + "\n")
-        # Whatever a failed test left: jobs first, while the operator can still remove
-        # its finalizer from them.
+        # Whatever a failed test left: jobs first (they carry no finalizer, so the order is
+        # only tidiness), then the release.
         rel.kubectl("delete", "trainingjobs", "--all", "--timeout=120s", check=False)
         rel.tools.helm_run(
             "uninstall", rel.name, "--kubeconfig", kubeconfig, "--namespace", namespace

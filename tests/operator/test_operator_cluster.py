@@ -27,22 +27,29 @@ from standins import server_command, worker_command
 pytestmark = pytest.mark.cluster
 
 IMAGE = os.environ.get("KUBETRAIN_TRAINER_IMAGE", "localhost/kubetrain-trainer:dev")
-# kopf's log line for a handler that raised anything but kopf.TemporaryError (a planned retry).
+# kopf's log line for a handler that raised anything but kopf.TemporaryError (a planned retry),
+# and the operator's own for a reconcile that did.
 HANDLER_FAILURE = re.compile(r"^.* failed (?:with an exception|permanently)\b.*$", re.MULTILINE)
+PROGRESS_INTERVAL = 2.0
 
 
 @contextlib.contextmanager
 def operator(ns: Kubectl, worker: list[str] | None = None) -> Iterator[KopfRunner]:
-    """The operator watching `ns`, with the stand-in worker and model server."""
-    saved = SETTINGS.worker_command, SETTINGS.serving_command
+    """The operator watching `ns`, with the stand-in worker and model server.
+
+    Stand-in epochs last seconds, so the chief's progress is read every PROGRESS_INTERVAL
+    rather than the default 10 s.
+    """
+    saved = SETTINGS.worker_command, SETTINGS.serving_command, SETTINGS.progress_interval
     SETTINGS.worker_command = worker or worker_command()
     SETTINGS.serving_command = server_command()
+    SETTINGS.progress_interval = PROGRESS_INTERVAL
     args = ["run", "--standalone", "--namespace", ns.namespace, "-m", "kubetrain.operator.handlers"]
     try:
         with KopfRunner(args, timeout=60) as runner:  # reraises what the operator raised
             yield runner
     finally:
-        SETTINGS.worker_command, SETTINGS.serving_command = saved
+        SETTINGS.worker_command, SETTINGS.serving_command, SETTINGS.progress_interval = saved
     # A handler that raised is only logged by kopf (and retried), never reraised.
     failures = HANDLER_FAILURE.findall(runner.output)
     assert not failures, "\n".join(failures)
@@ -206,7 +213,7 @@ def test_a_succeeded_worker_deleted_by_someone_is_not_recreated(ns: Kubectl):
             timeout=120,
         )
         ns("delete", "pod", "mnist-worker-1")
-        time.sleep(5)  # two reconcile ticks
+        time.sleep(5)  # the pod's deletion has been reconciled
         assert [p["metadata"]["name"] for p in pods(ns, "mnist")] == ["mnist-worker-0"]
         tj = ns.wait_for("tj mnist", phase_in("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
@@ -252,7 +259,7 @@ def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
         ns.wait_for("tj mnist", phase_in("Running"), timeout=120)
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(ns, "mnist")}
     with operator(ns, worker_command(epoch_seconds=30)):
-        time.sleep(6)  # three reconcile ticks
+        time.sleep(6)  # every job and pod listed at startup has been reconciled
         tj = ns.json("get", "tj", "mnist")
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(ns, "mnist")}
     assert after == before

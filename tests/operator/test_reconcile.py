@@ -13,6 +13,7 @@ from kubetrain.operator.reconcile import (
     owned_pods,
     plan,
     reject,
+    requeue_after,
 )
 from kubetrain.operator.status import get_condition, now_iso
 from trainingjobs import body, job, pod
@@ -345,3 +346,74 @@ def test_a_node_is_lost_when_gone_or_its_ready_condition_is_not_true():
     assert node_lost(node("Unknown"))  # no heartbeat within the grace period
     assert node_lost(node("False"))
     assert node_lost(None)  # deleted
+
+
+# --- when to look again ----------------------------------------------------------------------
+
+
+def look_again(status: dict, pods: list[dict], now=T0, lost=frozenset(), **spec_overrides):
+    spec = job(body(**spec_overrides)).spec
+    return requeue_after(spec, status, pods, now, lost, progress_every=10, follow_every=2)
+
+
+def test_a_pending_job_waits_for_events_only():
+    status = started()
+    assert look_again(status, [pod(0, "Pending"), pod(1, "Pending")]) is None
+
+
+def test_a_running_job_is_looked_at_for_progress_at_the_progress_interval():
+    status = running()
+    assert look_again(status, [pod(0), pod(1)]) == 10
+    # A chief that is not running has no progress to read.
+    assert look_again(status, [pod(0, "Succeeded", exit_code=0), pod(1)]) is None
+
+
+def test_the_active_deadline_is_looked_at_exactly_when_it_passes():
+    spec = {"runPolicy": {"activeDeadlineSeconds": 60}}
+    status = started(**spec)
+    pending = [pod(0, "Pending"), pod(1, "Pending")]
+    assert look_again(status, pending, T0 + timedelta(seconds=15), **spec) == 45
+    # Running: the earlier of the deadline and the next progress read.
+    status = running(**spec)
+    assert look_again(status, [pod(0), pod(1)], T0 + timedelta(seconds=55), **spec) == 5
+
+
+def test_a_finished_job_is_looked_at_when_its_ttl_passes_and_never_again():
+    spec = {"runPolicy": {"ttlSecondsAfterFinished": 30}, "promotion": {"enabled": False}}
+    _, status = run(running(**spec), [pod(0, "Succeeded", exit_code=0)], **spec)
+    assert look_again(status, [], T0 + timedelta(seconds=12), **spec) == 18
+    no_ttl = {"promotion": {"enabled": False}}
+    _, status = run(running(**no_ttl), [pod(0, "Succeeded", exit_code=0)], **no_ttl)
+    assert look_again(status, [], T0 + timedelta(hours=1), **no_ttl) is None
+
+
+def test_a_promotion_under_way_is_followed_at_the_follow_interval():
+    _, status = run(running(), [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert status["phase"] == "Succeeded"
+    assert look_again(status, []) == 2
+    assert look_again({**status, "phase": "Promoting"}, []) == 2
+
+
+def test_a_pod_stuck_terminating_is_looked_at_when_it_is_due_for_force_deletion():
+    _, status = run(running(), [pod(0), pod(1, "Failed", exit_code=1)])
+    stuck = [pod(0, deleting=now_iso(T0))]
+    assert look_again(status, stuck, T0 + timedelta(seconds=5)) == 15
+
+
+def test_a_worker_not_ready_on_a_node_not_yet_lost_is_followed_until_decided():
+    pods = [pod(0, node="node-a"), pod(1, node="node-b", ready=False)]
+    status = running()
+    assert look_again(status, pods) == 2
+    assert look_again({**status, "phase": "Pending"}, pods, lost=frozenset({"node-b"})) is None
+
+
+def test_a_job_waiting_for_a_missing_claim_looks_again_at_the_progress_interval():
+    problem = Problem("ClaimNotFound", "spec.storage.claimName: 'models' does not exist", False)
+    _, status = run({}, [], problem=problem)
+    assert look_again(status, []) == 10
+
+
+def test_a_moment_already_past_does_not_spin():
+    spec = {"runPolicy": {"activeDeadlineSeconds": 60}}
+    status = started(**spec)
+    assert look_again(status, [], T0 + timedelta(seconds=61), **spec) == 1.0

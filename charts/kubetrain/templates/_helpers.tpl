@@ -84,11 +84,12 @@ What the operator does to the objects of one namespace (or of all of them, throu
 ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing more.
 */}}
 {{- define "kubetrain.operatorRules" -}}
-# kopf lists and watches TrainingJobs; it patches them for its finalizer and annotations,
-# the operator deletes a finished job after ttlSecondsAfterFinished.
+# kopf lists and watches TrainingJobs, and patches away the kubetrain.io/operator finalizer
+# that the timer-driven operator added (no handler needs one now); each reconcile reads its
+# job fresh; the operator deletes a finished job after ttlSecondsAfterFinished.
 - apiGroups: ["kubetrain.io"]
   resources: ["trainingjobs"]
-  verbs: ["list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # Status is written through the status subresource only.
 - apiGroups: ["kubetrain.io"]
   resources: ["trainingjobs/status"]
@@ -98,7 +99,7 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
 - apiGroups: ["kubetrain.io"]
   resources: ["trainingjobs/finalizers"]
   verbs: ["update"]
-# Worker pods: one watch feeds kopf's index, a list confirms a pod is really gone,
+# Worker pods: one watch feeds kopf's index and wakes their job, a list confirms a pod is gone,
 # created per attempt and deleted on restart and cleanup. A job's model-check pod is
 # created, read back for its answer and deleted before promotion.
 - apiGroups: [""]
