@@ -27,6 +27,8 @@ from kubetrain.trainer.api.spec import (
     TrainingJobSpec,
 )
 from kubetrain.trainer.api.status import TrainingJobStatus
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema, to_jsonable_python
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 
@@ -97,8 +99,25 @@ def _openapi(node: Any, defs: dict[str, Any], object_defaults: bool) -> Any:
     return node
 
 
+class _WrittenOutFactoryDefaults(GenerateJsonSchema):
+    """A default a function makes (not a type's own, which `{}` reproduces) is written out:
+    pydantic leaves it out of the schema, so the API server would default the field to `{}`
+    and the object to its type's defaults (serving pods with no resource requests)."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        factory = schema.get("default_factory")
+        own = isinstance(factory, type) or schema.get("default_factory_takes_data")
+        if callable(factory) and not own:
+            made = to_jsonable_python(factory(), by_alias=True, exclude_none=True)  # type: ignore[call-arg]
+            json_schema = {**json_schema, "default": made}
+        return json_schema
+
+
 def openapi_schema(model: type, object_defaults: bool) -> dict[str, Any]:
-    schema = model.model_json_schema(by_alias=True)  # type: ignore[attr-defined]
+    schema = model.model_json_schema(  # type: ignore[attr-defined]
+        by_alias=True, schema_generator=_WrittenOutFactoryDefaults
+    )
     defs = schema.pop("$defs", {})
     return _openapi(schema, defs, object_defaults)
 

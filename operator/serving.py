@@ -46,8 +46,10 @@ ANN_JOB = "kubetrain.io/promoted-by"
 ANN_PREVIOUS_VERSION = "kubetrain.io/previous-version"
 ANN_PREVIOUS_METRIC = "kubetrain.io/previous-metric"
 ANN_PREVIOUS_VALUE = "kubetrain.io/previous-metric-value"
-PRESTOP_SECONDS = 5
-"""Endpoints drop a terminating pod a moment after it is told to stop; serve until then."""
+PRESTOP_SECONDS = 10
+"""Endpoints drop a terminating pod a moment after it is told to stop; serve until then. Every
+node's kube-proxy must have heard of it: 5 s was too short on three busy nodes (a rollout
+under load saw refused connections)."""
 PROBE_TIMEOUT_SECONDS = 3
 """The server answers probes off its busy paths; this covers a node short of CPU, where the
 kubelet's default of 1 s would drop a loaded but healthy pod from its Service."""
@@ -424,6 +426,9 @@ def autoscaler(spec: TrainingJobSpec, namespace: str) -> dict[str, Any] | None:
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "metrics": metrics,
+        "behavior": {
+            "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds}
+        },
     }
     return hpa
 

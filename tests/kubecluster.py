@@ -303,17 +303,25 @@ def s3_secret(name: str, s3: dict[str, str], keys: tuple[str, ...] = S3_KEYS) ->
     }
 
 
-def bucket_listing(s3: dict[str, str], prefix: str) -> str:
-    """Every key under `prefix`, read from this machine as any S3 client would."""
+def _bucket(s3: dict[str, str]) -> Any:
+    """The store as any S3 client on this machine sees it."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(
+    return s3fs.S3FileSystem(
         key=s3["AWS_ACCESS_KEY_ID"],
         secret=s3["AWS_SECRET_ACCESS_KEY"],
         endpoint_url=s3["AWS_ENDPOINT_URL"],
         skip_instance_cache=True,
     )
-    return "\n".join(fs.find(prefix))
+
+
+def bucket_listing(s3: dict[str, str], prefix: str) -> str:
+    """Every key under `prefix`, one a line."""
+    return "\n".join(_bucket(s3).find(prefix))
+
+
+def bucket_text(s3: dict[str, str], key: str) -> str:
+    return _bucket(s3).cat_file(key).decode()
 
 
 # --- several nodes ---------------------------------------------------------------------------
@@ -341,3 +349,55 @@ def several_nodes(kube_cluster: Cluster, pytestconfig: pytest.Config) -> list[st
     if len(names) < NODES:
         pytest.skip(f"needs a cluster of {NODES} nodes; this one has {len(names)}")
     return names
+
+
+# --- pods running the trainer image ------------------------------------------------------------
+
+IMAGE = os.environ.get("KUBETRAIN_TRAINER_IMAGE", "localhost/kubetrain-trainer:dev")
+"""The locally built trainer image (`make images`); on another cluster, an image with python3
+that the cluster has."""
+
+
+def container(name: str, command: list[str], **extra) -> dict:
+    return {
+        "name": name,
+        "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+        **extra,
+    }
+
+
+def python_pod(name: str, code: str, **container_extra) -> dict:
+    """A pod running `python3 -c code` once; `volumes` go to the pod, the rest to its container."""
+    volumes = container_extra.pop("volumes", [])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container(name, ["python3", "-c", code], **container_extra)],
+            "volumes": volumes,
+        },
+    }
+
+
+def python_output(ns: Kubectl, name: str, timeout: float = 180) -> str:
+    """Waits for a python_pod to end; it must have succeeded. Returns what it printed."""
+    pod = ns.wait_for(
+        f"pod {name}",
+        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        timeout=timeout,
+    )
+    logs = ns("logs", name, check=False)
+    assert pod["status"]["phase"] == "Succeeded", (
+        logs.stdout + logs.stderr + pod_failure(ns, f"app={name}")
+    )
+    return logs.stdout.strip()
+
+
+def pod_failure(ns: Kubectl, selector: str) -> str:
+    """Why pods matching selector are stuck, for assertion messages."""
+    return ns("describe", "pods", "-l", selector, check=False).stdout[-2500:]

@@ -38,6 +38,8 @@ KT_NODE_MONITOR_GRACE="20s"
 # The cluster's S3 server (versitygw, hack/s3): on the node's bridge address, so pods reach
 # it and nothing outside this machine can. Its data survives `cluster-down`, like volumes'.
 KT_S3_PORT=7070
+# metrics-server (the resource metrics API) listens on the node's bridge address too.
+KT_METRICS_PORT=4443
 KT_S3_ENDPOINT="http://${KT_NODE_IP}:${KT_S3_PORT}"
 KT_S3_BUCKET="kubetrain"
 KT_S3_STATE="${KT_STATE}/s3"

@@ -50,6 +50,10 @@ cert kube-proxy "/CN=system:kube-proxy"
 cert coredns "/CN=kubetrain:coredns"
 cert local-path-provisioner "/CN=kubetrain:local-path-provisioner"
 cert kube-router "/CN=kubetrain:kube-router"
+# metrics-server: a client of the API server and the kubelets, and the server of the
+# metrics.k8s.io API the API server proxies to (at its Service's name, or this node's address).
+cert metrics-server "/CN=kubetrain:metrics-server" \
+  "DNS:metrics-server.kube-system.svc,IP:${KT_NODE_IP}"
 
 # The aggregation layer's own CA: the API server proxies to extension API
 # servers (metrics-server, say) as front-proxy-client.
@@ -67,6 +71,6 @@ if [[ ! -f sa.key ]]; then
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 fi
 
-for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner kube-router "${nodes[@]}"; do
+for user in admin controller-manager scheduler kubelet kube-proxy coredns local-path-provisioner kube-router metrics-server "${nodes[@]}"; do
   "${KT_CLUSTER_SRC}/kubeconfig.sh" --cert "${user}" > "${user}.kubeconfig"
 done

@@ -9,7 +9,7 @@ quiet=false
 export PATH="${KT_BIN}:${PATH}"
 
 # Each further node's own processes (node.sh), NODE/COMPONENT, after the first node's.
-components=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns local-path-provisioner kube-router versitygw)
+components=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns local-path-provisioner kube-router versitygw metrics-server)
 nodes="$(kt_node_count)"
 for ((k = 2; k <= nodes; k++)); do
   for c in containerd kubelet kube-proxy kube-router; do components+=("$(kt_node_name "${k}")/${c}"); done

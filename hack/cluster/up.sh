@@ -129,6 +129,8 @@ kt_start kube-scheduler kube-scheduler \
   --bind-address 127.0.0.1 --leader-elect=false --profiling=false
 
 sed -e "s#@STATE@#${KT_STATE}#g" -e "s#@BUSYBOX_IMAGE@#${KT_BUSYBOX_IMAGE}#g" \
+  -e "s#@NODE_IP@#${KT_NODE_IP}#g" -e "s#@METRICS_PORT@#${KT_METRICS_PORT}#g" \
+  -e "s#@CA_BUNDLE@#$(base64 -w0 "${pki}/ca.crt")#g" \
   "${KT_CLUSTER_SRC}/manifests/addons.yaml" | kubectl apply -f - >/dev/null
 
 # --- node -----------------------------------------------------------------------
@@ -224,6 +226,16 @@ fi
     --health /healthz posix "${KT_S3_STATE}/data"
 )
 
+# The resource metrics API, for `kubectl top` and HorizontalPodAutoscalers on CPU: every
+# node's kubelet scraped each 15 s (the shortest resolution it allows).
+kt_start metrics-server metrics-server --secure-port "${KT_METRICS_PORT}" --bind-address "${KT_NODE_IP}" \
+  --kubeconfig "${pki}/metrics-server.kubeconfig" \
+  --authentication-kubeconfig "${pki}/metrics-server.kubeconfig" \
+  --authorization-kubeconfig "${pki}/metrics-server.kubeconfig" \
+  --tls-cert-file "${pki}/metrics-server.crt" --tls-private-key-file "${pki}/metrics-server.key" \
+  --kubelet-certificate-authority "${pki}/ca.crt" --kubelet-preferred-address-types InternalIP \
+  --metric-resolution 15s --profiling=false
+
 kt_start local-path-provisioner local-path-provisioner \
   start --kubeconfig "${pki}/local-path-provisioner.kubeconfig" --helper-image "${KT_BUSYBOX_IMAGE}"
 
@@ -240,6 +252,7 @@ kt_wait_for "kube-router's network policy chains" 60 iptables -S KUBE-ROUTER-FOR
 kt_wait_for "default service account" 60 kubectl get serviceaccount default
 kt_wait_for "CoreDNS" 60 curl -fsS http://127.0.0.1:18181/ready
 kt_wait_for "the S3 server" 30 curl -fsS "${KT_S3_ENDPOINT}/healthz"
+kt_wait_for "metrics-server" 90 kubectl wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=5s
 if ((nodes > 1)); then
   # shellcheck disable=SC2046
   KT_LOCKED=1 "${KT_CLUSTER_SRC}/node.sh" add $(seq 2 "${nodes}")

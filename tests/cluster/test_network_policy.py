@@ -10,12 +10,11 @@ import copy
 from collections.abc import Iterator
 
 import pytest
-from kubecluster import Kubectl, fresh_namespace
+from kubecluster import Kubectl, container, fresh_namespace, python_output, python_pod
 from kubetrain.operator import serving
 from kubetrain.operator.manifests import LABEL_JOB, LABEL_ROLE, WORKER_PORT, worker_network_policy
 from kubetrain.trainer.api.entrypoints import SERVER_PORT
 from kubetrain.trainer.api.spec import TrainingJobSpec
-from test_workloads import container, python_output, python_pod
 
 pytestmark = pytest.mark.cluster
 

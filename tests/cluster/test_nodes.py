@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubecluster import CLUSTER_DIR, STATE, Cluster, Kubectl, fresh_namespace
-from test_workloads import IMAGE
+from kubecluster import CLUSTER_DIR, IMAGE, STATE, Cluster, Kubectl, fresh_namespace
 
 pytestmark = pytest.mark.cluster
 

@@ -6,61 +6,14 @@ point KUBETRAIN_TRAINER_IMAGE at an image with python3 that the cluster has.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-from kubecluster import Kubectl
+from kubecluster import Kubectl, container, pod_failure, python_output, python_pod
 
 pytestmark = pytest.mark.cluster
 
-IMAGE = os.environ.get("KUBETRAIN_TRAINER_IMAGE", "localhost/kubetrain-trainer:dev")
 SLEEP = ["python3", "-c", "import time; time.sleep(3600)"]
-
-
-def container(name: str, command: list[str], **extra) -> dict:
-    return {
-        "name": name,
-        "image": IMAGE,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
-        **extra,
-    }
-
-
-def python_pod(name: str, code: str, **container_extra) -> dict:
-    """A pod running `python3 -c code` once; `volumes` go to the pod, the rest to its container."""
-    volumes = container_extra.pop("volumes", [])
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [container(name, ["python3", "-c", code], **container_extra)],
-            "volumes": volumes,
-        },
-    }
-
-
-def python_output(ns: Kubectl, name: str) -> str:
-    """Waits for a python_pod to end; it must have succeeded. Returns what it printed."""
-    pod = ns.wait_for(
-        f"pod {name}",
-        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-        timeout=180,
-    )
-    logs = ns("logs", name, check=False)
-    assert pod["status"]["phase"] == "Succeeded", (
-        logs.stdout + logs.stderr + pod_failure(ns, f"app={name}")
-    )
-    return logs.stdout.strip()
-
-
-def pod_failure(ns: Kubectl, selector: str) -> str:
-    """Why pods matching selector are stuck, for assertion messages."""
-    return ns("describe", "pods", "-l", selector, check=False).stdout[-2500:]
 
 
 def test_job_runs_python_from_trainer_image(namespace: Kubectl) -> None:

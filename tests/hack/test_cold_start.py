@@ -107,7 +107,7 @@ def test_cluster_binaries_build_into_an_empty_cache(cold: dict[str, str]) -> Non
     assert proc.returncode == 0, proc.stderr
     current = cache_root(cold) / "bin" / "current"
     components = ("kube-apiserver", "kubelet", "etcd", "coredns", "local-path-provisioner")
-    components += ("kube-router",)
+    components += ("kube-router", "metrics-server")
     for component in (*components, "pause", "kubectl"):
         assert os.access(current / component, os.X_OK), component
 
@@ -120,6 +120,7 @@ def test_the_cluster_pki_and_kubeconfigs_are_made_in_an_empty_state_directory(
     assert proc.returncode == 0, proc.stderr
     pki = Path(cold["KUBETRAIN_STATE"]) / "pki"
     assert "certificate-authority-data" in (pki / "admin.kubeconfig").read_text()
+    assert "client-certificate-data" in (pki / "metrics-server.kubeconfig").read_text()
     minted = run("cluster/kubeconfig.sh", cold, "alice", "developers")
     assert minted.returncode == 0, minted.stderr
     assert "client-certificate-data" in minted.stdout

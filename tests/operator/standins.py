@@ -104,7 +104,8 @@ finish(records.EXIT_SUCCEEDED, json.dumps(result.document()))
 """
 
 SERVER = r"""
-import argparse, http.server, os, sys
+import argparse, http.server, json, os, sys, time
+PREDICT_CPU_SECONDS = 0.02
 from kubetrain.trainer.api import entrypoints, layout
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir"); parser.add_argument("--port", type=int)
@@ -125,6 +126,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if ok else 503)
         self.end_headers()
         self.wfile.write(b"ok" if ok else b"model version not found")
+
+    def do_POST(self):  # a prediction: some CPU, as a model's (what autoscaling follows)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        busy_until = time.process_time() + PREDICT_CPU_SECONDS
+        while time.process_time() < busy_until:
+            pass
+        body = json.dumps({"predictions": [[1.0]], "version": version}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # one line a request would drown the pod's log
+        pass
 
 http.server.ThreadingHTTPServer(("", args.port), Handler).serve_forever()
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 from kubetrain.operator import crd
-from kubetrain.trainer.api.spec import Training, TrainingJobSpec
+from kubetrain.trainer.api.spec import Promotion, Training, TrainingJobSpec
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "trainingjobs.kubetrain.io.yaml"
 
@@ -73,6 +73,17 @@ def test_an_optional_object_stays_absent_unless_the_job_asks_for_it():
     assert "default" not in autoscaling
     assert autoscaling["required"] == ["maxReplicas"]
     assert not any(key.startswith("x-absent") for key in autoscaling)
+
+
+def test_a_default_a_function_makes_reaches_the_api_servers_defaulting():
+    """`{}` would give serving pods no CPU request, and a CPU autoscaler nothing to divide by."""
+    promotion = version()["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    resources = promotion["promotion"]["properties"]["resources"]
+    made = Promotion.model_fields["resources"].default_factory()
+    assert resources["default"] == made.model_dump()
+    assert resources["default"]["requests"]["cpu"] == "100m"
+    # A type's own defaults stay `{}`: the API server fills in their fields.
+    assert promotion["training"]["default"] == {}
 
 
 def test_every_printer_column_points_into_the_status_schema():

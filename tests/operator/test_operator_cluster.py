@@ -374,17 +374,15 @@ def promote(
                 },
             )
         )
-        return ns.wait_for(
-            f"tj {name}",
-            lambda t: (
-                phase_in("Promoted", "Failed")(t)
-                or (
-                    phase_in("Succeeded")(t)
-                    and any(c["type"] == "Promoted" for c in t["status"]["conditions"])
-                )
-            ),
-            timeout=240,
-        )
+        return ns.wait_for(f"tj {name}", promotion_decided, timeout=240)
+
+
+def promotion_decided(tj: dict) -> bool:
+    """Promoted, failed, or succeeded with the promotion gate's answer."""
+    return phase_in("Promoted", "Failed")(tj) or (
+        phase_in("Succeeded")(tj)
+        and any(c["type"] == "Promoted" for c in tj["status"]["conditions"])
+    )
 
 
 def test_promotion_rolls_forward_refuses_a_worse_model_and_rolls_back_a_broken_one(

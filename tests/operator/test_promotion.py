@@ -495,6 +495,10 @@ def test_autoscaling_creates_an_autoscaler_for_the_deployment_starting_at_its_mi
         "name": "cpu",
         "target": {"type": "Utilization", "averageUtilization": 50},
     }
+    # Kubernetes' own wait before removing pods, unless the job says otherwise.
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    quick = serving.autoscaler(autoscaled(maxReplicas=3, scaleDownStabilizationSeconds=15), "ml")
+    assert quick["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 15
 
 
 def test_a_requests_per_second_target_asks_for_the_servers_request_rate():

@@ -268,6 +268,13 @@ class Autoscaling(_Model):
         description="Requests per second per pod to hold the pods at; needs a custom-metrics "
         f"adapter serving `{REQUESTS_PER_SECOND_METRIC}` for the pods.",
     )
+    scale_down_stabilization_seconds: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="How long load must stay low before serving pods are removed: the "
+        "autoscaler follows the highest recommendation of this window (Kubernetes' 300).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
