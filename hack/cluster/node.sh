@@ -6,7 +6,9 @@
 #                       kube-router, shims and pods are killed at once (SIGKILL)
 #   node.sh start NODE  it boots again: what lived in its /run is gone, its disk is not
 #   node.sh cut NODE    a partition: its link goes down, every process keeps running
-#   node.sh heal NODE   the link comes back
+#   node.sh isolate NODE  a partition from the control plane only: the API server is out of
+#                         reach, storage and the other nodes are not (its pods work on)
+#   node.sh heal NODE   the link comes back, the API server is reachable again
 # NODE is a name (kubetrain-dev-2) or a number (2). The first node, kubetrain-dev, is this
 # machine's own network and carries the control plane: these do not apply to it.
 # up.sh and down.sh use two more, with their lock held:
@@ -20,7 +22,7 @@ export PATH="${KT_BIN}:${PATH}"
 export KUBECONFIG="${KT_PKI}/admin.kubeconfig"
 
 usage() {
-  echo "usage: $0 stop|start|cut|heal NODE   (NODE: ${KT_NODE_NAME}-2 or 2, ...)" >&2
+  echo "usage: $0 stop|start|cut|isolate|heal NODE   (NODE: ${KT_NODE_NAME}-2 or 2, ...)" >&2
   exit 2
 }
 
@@ -242,10 +244,16 @@ node_arg() {
   local k
   k="$(kt_node_index "$1" 2>/dev/null || echo "$1")"
   [[ ${k} =~ ^[0-9]+$ ]] || die "no node $1"
-  ((k >= 2)) || die "$(kt_node_name 1) is this machine itself, with the control plane; stop, start, cut and heal are for the nodes NODES=2 or more adds"
+  ((k >= 2)) || die "$(kt_node_name 1) is this machine itself, with the control plane; stop, start, cut, isolate and heal are for the nodes NODES=2 or more adds"
   ((k <= $(kt_node_count))) || die "the cluster has $(kt_node_count) node(s); no $(kt_node_name "${k}")"
   echo "${k}"
 }
+
+# What `isolate` drops: traffic to and from the API server, and nothing else. Both ways: a
+# watch already open would otherwise still bring the API server's news in (a pod's deletion,
+# say), which a partition does not.
+to_api=(-d "${KT_NODE_IP}" -p tcp --dport "${KT_API_PORT}" -m comment --comment kubetrain-isolate -j DROP)
+from_api=(-s "${KT_NODE_IP}" -p tcp --sport "${KT_API_PORT}" -m comment --comment kubetrain-isolate -j DROP)
 
 (($# >= 1)) || usage
 cmd=$1
@@ -254,7 +262,7 @@ case ${cmd} in
   add | remove)
     [[ -n ${KT_LOCKED:-} ]] || die "${cmd} is up.sh's and down.sh's (make cluster NODES=N, make cluster-down)"
     ;;
-  stop | start | cut | heal)
+  stop | start | cut | isolate | heal)
     (($# == 1)) || usage
     kt_lock
     k="$(node_arg "$1")" # an assignment, so that its die stops this script too
@@ -314,9 +322,26 @@ case ${cmd} in
     ip link set "${veth}" down
     log "${name} cut off (${veth} down); its processes keep running"
     ;;
+  isolate)
+    node_vars "$1"
+    # Its kubelet, kube-proxy and kube-router (OUTPUT, INPUT); its pods, through Services too.
+    for rule in "OUTPUT to_api" "INPUT from_api" "FORWARD to_api" "FORWARD from_api"; do
+      # shellcheck disable=SC2086 # a chain and the name of its match
+      set -- ${rule}
+      declare -n match=$2
+      ip netns exec "${netns}" iptables -I "$1" "${match[@]}"
+    done
+    log "${name} cut off from the API server; its pods still reach storage and the other nodes"
+    ;;
   heal)
     node_vars "$1"
+    for rule in "OUTPUT to_api" "INPUT from_api" "FORWARD to_api" "FORWARD from_api"; do
+      # shellcheck disable=SC2086 # a chain and the name of its match
+      set -- ${rule}
+      declare -n match=$2
+      while ip netns exec "${netns}" iptables -D "$1" "${match[@]}" 2>/dev/null; do :; done
+    done
     ip link set "${veth}" up
-    log "${name} reconnected (${veth} up)"
+    log "${name} reconnected (${veth} up, the API server reachable)"
     ;;
 esac

@@ -1,9 +1,10 @@
 """Jobs on a cluster of three nodes (the `several_nodes` fixture): real workers spread over
-them, and a node lost under a running job.
+them, a node lost under a running job, and a node cut off from the control plane.
 
 The operator in-process, stand-in workers (`standins.py`) keeping their state in the local
 cluster's S3 store, since a volume of one node is out of reach from the others. A node is lost
-with `hack/cluster/node.sh stop` (its kubelet, containerd and pods killed, as by a power cut).
+with `hack/cluster/node.sh stop` (its kubelet, containerd and pods killed, as by a power cut),
+or partitioned with `node.sh isolate` (the API server out of its reach, its pods running on).
 """
 
 from __future__ import annotations
@@ -13,11 +14,26 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from kubecluster import CLUSTER_DIR, REPO, Kubectl, cluster_s3, s3_secret
+from kubecluster import (
+    CLUSTER_DIR,
+    REPO,
+    STATE,
+    Kubectl,
+    bucket_listing,
+    bucket_text,
+    cluster_s3,
+    python_output,
+    s3_secret,
+)
+from kubetrain.operator.manifests import WORKER_CONTAINER
+from kubetrain.operator.settings import SETTINGS
 from kubetrain.trainer.api.entrypoints import WORKER_COMMAND
+from kubetrain.trainer.api.layout import FENCE_FILE
 from standins import worker_command
+from test_autoscaling import load_pod
 from test_operator_cluster import events, operator, pods, trainingjob
 
 pytestmark = pytest.mark.cluster
@@ -56,14 +72,54 @@ def node_script(action: str, node: str) -> None:
     assert done.returncode == 0, f"node.sh {action} {node}: {done.stderr[-3000:]}"
 
 
+def undone_at_the_end(kubectl: Kubectl, action: str) -> Iterator[list[str]]:
+    """The nodes a test lists get `node.sh action` at its end, whatever happened."""
+    nodes: list[str] = []
+    yield nodes
+    for node in nodes:
+        node_script(action, node)
+        kubectl("wait", "--for=condition=Ready", f"node/{node}", "--timeout=180s")
+
+
 @pytest.fixture
 def lose(kubectl: Kubectl) -> Iterator[list[str]]:
-    """Nodes the test stops are started again at its end, whatever happened."""
-    lost: list[str] = []
-    yield lost
-    for node in lost:
-        node_script("start", node)
-        kubectl("wait", "--for=condition=Ready", f"node/{node}", "--timeout=180s")
+    """Nodes the test stops are started again."""
+    yield from undone_at_the_end(kubectl, "start")
+
+
+@pytest.fixture
+def isolate(kubectl: Kubectl) -> Iterator[list[str]]:
+    """Nodes the test cuts off from the control plane are healed."""
+    yield from undone_at_the_end(kubectl, "heal")
+
+
+@pytest.fixture
+def pool(kubectl: Kubectl, extra_nodes: list[str]) -> Iterator[dict[str, str]]:
+    """A label on the nodes besides the first, as a nodeSelector for jobs that must run there
+    (only those can be cut off); removed at the end."""
+    label = "kubetrain.io/test-pool"
+    kubectl("label", "--overwrite", "node", *extra_nodes, f"{label}=extra")
+    yield {label: "extra"}
+    kubectl("label", "node", *extra_nodes, f"{label}-")
+
+
+def pod_log_file(node: str, namespace: str, pod: dict) -> Path:
+    """A container's log as its node's kubelet writes it (podLogsDir), readable here even
+    while that kubelet cannot reach the API server."""
+    meta = pod["metadata"]
+    folder = f"{namespace}_{meta['name']}_{meta['uid']}"
+    return STATE / "nodes" / node / "pod-logs" / folder / WORKER_CONTAINER / "0.log"
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    content = ""
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.is_file() else ""
+        if text in content:
+            return content
+        time.sleep(1)
+    raise AssertionError(f"{text!r} not in {path} after {timeout}s:\n{content[-3000:]}")
 
 
 def attempt_pods(ns: Kubectl, job: str, attempt: int) -> list[dict]:
@@ -166,10 +222,14 @@ def test_a_lost_node_restarts_the_job_on_the_others_from_its_last_checkpoint(
 
 
 def test_three_real_workers_on_three_nodes_train_and_promote_with_no_shared_volume(
-    ns: Kubectl, several_nodes: list[str], storage: dict
+    ns: Kubectl, several_nodes: list[str], storage: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The trainer itself (MultiWorkerMirroredStrategy) with one worker per node: its
     all-reduce crosses the nodes' network, its state is all in the bucket."""
+    # The local cluster's policy enforcer (kube-router) programs a new or terminating pod's
+    # rules a moment after kube-proxy routes to it: with a serving NetworkPolicy, a rollout
+    # over several nodes refused a few connections (8 to 10 of 300 to 800). Without one, none.
+    monkeypatch.setattr(SETTINGS, "network_policies", False)
     job = trainingjob(
         "spread",
         dataset={"name": "mnist", "source": "data/mnist", "limit": 6000},
@@ -201,6 +261,28 @@ def test_three_real_workers_on_three_nodes_train_and_promote_with_no_shared_volu
     assert status["restarts"] == 0
     assert status["bestCheckpoint"]["value"] > 0.8  # validation accuracy after 2 epochs
     assert status["model"]["path"] == f"{storage['uri']}/models/digits/1"
+
+    # A better model (a stand-in's) rolls out to the serving pods under load: every request
+    # is answered while the pods change.
+    ns.apply(load_pod(until_version=2, deployment="spread-serving"))
+    with operator(ns, worker_command(epoch_seconds=0.5, val_accuracy=0.999, version=2)):
+        ns.apply(
+            trainingjob(
+                "better",
+                training={"epochs": 1},
+                workers={"replicas": 1},
+                storage=storage,
+                promotion={"enabled": True, "deployment": "spread-serving", "replicas": 1},
+            )
+        )
+        better = ns.wait_for(
+            "tj better",
+            lambda tj: tj.get("status", {}).get("served") == "spread-serving:2",
+            timeout=300,
+        )
+    assert better["status"]["serving"]["previousVersion"] == 1, better["status"]
+    answered = json.loads(python_output(ns, "load", timeout=300))
+    assert answered["failed"] == 0 and answered["versions"] == [1, 2], answered
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     (REPORT.parent / "three-nodes.json").write_text(
         json.dumps(
@@ -213,3 +295,74 @@ def test_three_real_workers_on_three_nodes_train_and_promote_with_no_shared_volu
         )
         + "\n"
     )
+
+
+def test_a_chief_cut_off_from_the_control_plane_is_fenced_and_publishes_nothing(
+    ns: Kubectl,
+    extra_nodes: list[str],
+    pool: dict[str, str],
+    storage: dict,
+    isolate: list[str],
+) -> None:
+    """A partition: the chief's node loses the API server but not the storage. The cluster
+    gives up on its pods and the job restarts elsewhere, while the old chief trains on,
+    unseen. The new attempt's claim fences it: it stops at its next checkpoint and never
+    publishes, so the one model version is the new attempt's."""
+    s3 = cluster_s3()
+    assert s3 is not None
+    with operator(ns, worker_command(epoch_seconds=EPOCH_SECONDS)):
+        ns.apply(
+            trainingjob(
+                "fenced",
+                # Long enough that the old chief is still training when the new one starts.
+                training={"epochs": 90},
+                workers={"replicas": 2, "nodeSelector": pool},
+                storage=storage,
+            )
+        )
+        running = ns.wait_for(
+            "tj fenced",
+            lambda tj: (
+                (tj.get("status") or {}).get("phase") == "Running"
+                and (tj["status"].get("epoch") or 0) >= 2
+            ),
+            timeout=240,
+        )
+        chief_node = running["status"]["workers"]["nodes"][0]
+        assert chief_node in extra_nodes, running["status"]["workers"]
+        old_chief = ns.json("get", "pod", "fenced-worker-0")
+        isolate.append(chief_node)
+        node_script("isolate", chief_node)
+
+        restarted = ns.wait_for(
+            "tj fenced", lambda tj: (tj["status"].get("restarts") or 0) >= 1, timeout=240
+        )
+        assert f"lost with its node {chief_node}" in restarted["status"]["lastFailure"]
+        # The old chief, still running on the isolated node, meets the new attempt's record.
+        log = wait_for_text(
+            pod_log_file(chief_node, ns.namespace, old_chief), "fenced:", timeout=120
+        )
+        done = ns.wait_for(
+            "tj fenced",
+            lambda tj: tj["status"].get("phase") in ("Succeeded", "Failed"),
+            timeout=600,
+        )
+
+    status = done["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    assert status["restarts"] == 1, status
+    assert "attempt 1 of this job has started since attempt 0" in log
+    assert chief_node not in status["workers"]["nodes"], status["workers"]
+    # One model version, one fence record, both of attempt 1.
+    prefix = storage["uri"].removeprefix("s3://")
+    keys = bucket_listing(s3, prefix).split()
+    versions = {k.split("/models/digits/", 1)[1].split("/")[0] for k in keys if "/models/" in k}
+    assert versions == {"1"}, keys
+    fence = next(k for k in keys if k.endswith("/" + FENCE_FILE))
+    assert bucket_text(s3, fence).strip() == "1"
+
+    # Healed: the kubelet learns its pods were deleted and stops them; nothing is left.
+    node_script("heal", chief_node)
+    isolate.remove(chief_node)
+    ns("wait", "--for=condition=Ready", f"node/{chief_node}", "--timeout=180s")
+    assert attempt_pods(ns, "fenced", 0) == []
