@@ -22,8 +22,10 @@ from kubetrain.trainer.api.spec import (
     DNS1035_LABEL,
     KIND,
     MAX_NAME_LENGTH,
+    MAX_TENSORBOARD_JOB_NAME_LENGTH,
     OBJECT_STORE_URI,
     PLURAL,
+    TENSORBOARD_SUFFIX,
     TrainingJobSpec,
 )
 from kubetrain.trainer.api.status import TrainingJobStatus
@@ -170,6 +172,14 @@ ROOT_RULES = [
         "rule": f"self.metadata.name.matches('{DNS1035_LABEL}')",
         "message": "metadata.name must start with a letter and hold only lowercase letters, "
         "digits and '-' (a DNS-1035 label): the job's headless Service has its name",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.spec.tensorboard) || !has(self.spec.tensorboard.enabled) || "
+        f"!self.spec.tensorboard.enabled || size(self.metadata.name) <= "
+        f"{MAX_TENSORBOARD_JOB_NAME_LENGTH}",
+        "message": f"metadata.name must be at most {MAX_TENSORBOARD_JOB_NAME_LENGTH} characters "
+        f"with spec.tensorboard.enabled (its Service is <name>{TENSORBOARD_SUFFIX})",
         "reason": "FieldValueInvalid",
     },
 ]

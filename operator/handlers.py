@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubetrain.operator import promotion, reconcile, serving
+from kubetrain.operator import metrics, promotion, reconcile, serving, tensorboard
 from kubetrain.operator.kube import (
     COLLECTIONS,
     ApiError,
@@ -150,6 +150,7 @@ def configure(settings: kopf.OperatorSettings, worker_pods: kopf.Index, **_: Any
         objects.addFilter(_QuietWatchers())
     global _runtime
     _runtime = rt = _Runtime(worker_pods)
+    metrics.track(rt.queue.depth, lambda: rt.elector is None or rt.elector.is_leader())
     if SETTINGS.leader_election:
         identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
         timing = Timing.scaled(SETTINGS.lease_duration)
@@ -172,6 +173,31 @@ def stop(**_: Any) -> None:
         thread.join(timeout=30)
     if rt.elector is not None:
         rt.elector.release()
+
+
+@kopf.on.startup()
+def serve_metrics(memo: kopf.Memo, **_: Any) -> None:
+    """Prometheus metrics on every replica, the leader's and the standbys'.
+
+    A port that is taken costs the metrics, not the reconciles: logged, and the operator runs.
+    """
+    if not SETTINGS.metrics_port:
+        return
+    try:
+        memo.metrics_server = metrics.serve(SETTINGS.metrics_port)
+    except OSError as err:
+        log.error("no metrics: cannot listen on port %s: %s", SETTINGS.metrics_port, err)
+        return
+    log.info("metrics on :%d%s", memo.metrics_server.port, metrics.PATH)
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    """Free the port, so that an operator started again in this process can listen on it."""
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.close()
+        memo.metrics_server = None
 
 
 def _stop_acting() -> None:
@@ -200,7 +226,8 @@ def _work(rt: _Runtime) -> None:
 def _reconcile_key(queue: WorkQueue, key: Key) -> None:
     namespace, name = key
     try:
-        after = reconcile_job(namespace, name)
+        with metrics.reconcile_timer():
+            after = reconcile_job(namespace, name)
     except kopf.TemporaryError as err:
         delay = float(err.delay or 5)
         log.warning("[%s/%s] Reconcile failed temporarily: %s", namespace, name, err)
@@ -361,6 +388,27 @@ def _promote(
     return step.status, step.events
 
 
+def _tensorboard(
+    body: dict[str, Any], job: TrainingJob, act: tensorboard.Action
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Create or delete the job's TensorBoard; (status update, events). A refusal leaves the
+    status as it was, so the next reconcile tries again."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    k = kube()
+    try:
+        if act == tensorboard.CREATE:
+            access = SETTINGS.serving_access()
+            allow_from = access.allow_from if access is not None else None
+            for obj in tensorboard.objects(body, job, allow_from):
+                k.create(COLLECTIONS[obj["kind"]](namespace), obj)
+        else:
+            for kind in tensorboard.KINDS:
+                k.delete(COLLECTIONS[kind](namespace, tensorboard.name(name)))
+    except ApiError as err:
+        return {}, [tensorboard.failed(name, act, err.message)]
+    return tensorboard.done(name, act)
+
+
 def _post_events(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
     """Events on the job (core/v1, as `kubectl describe` shows them); never fails a reconcile."""
     meta = body["metadata"]
@@ -393,13 +441,15 @@ def _post_events(body: dict[str, Any], events: list[tuple[str, str, str]]) -> No
             log.warning("[%s] cannot post event %s: %s", where, reason, err)
 
 
-def _patch_status(path: str, status: dict[str, Any]) -> None:
-    """Through the status subresource; a job deleted meanwhile needs no status."""
+def _patch_status(path: str, status: dict[str, Any]) -> bool:
+    """Through the status subresource; a job deleted meanwhile needs no status (False)."""
     try:
         kube().merge_patch(path + "/status", {"status": status})
     except ApiError as err:
         if err.status != 404:
             raise
+        return False
+    return True
 
 
 def reconcile_job(namespace: str, name: str) -> float | None:
@@ -424,8 +474,8 @@ def reconcile_job(namespace: str, name: str) -> float | None:
     except SpecError as err:
         update = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
         _post_events(raw, update.events)
-        if update.status:
-            _patch_status(path, update.status)
+        if update.status and _patch_status(path, update.status):
+            metrics.record(namespace, status, {**status, **update.status})
         return None
 
     restarts = int(status.get("restarts") or 0)
@@ -469,9 +519,13 @@ def reconcile_job(namespace: str, name: str) -> float | None:
             update, events = refused.status, refused.events
         plan.status.update(update)
         plan.events.extend(events)
+    if plan.tensorboard is not None:
+        update, events = _tensorboard(raw, job, plan.tensorboard)
+        plan.status.update(update)
+        plan.events.extend(events)
     _post_events(raw, plan.events)
-    if plan.status:
-        _patch_status(path, replace_maps(status, plan.status))
+    if plan.status and _patch_status(path, replace_maps(status, plan.status)):
+        metrics.record(namespace, status, {**status, **plan.status})  # once: it was written
     if plan.delete_job:
         log.info("[%s/%s] ttlSecondsAfterFinished passed; deleting the job", namespace, name)
         kube().delete(path)

@@ -74,6 +74,10 @@ def gate(
     )
 
 
+GATE_REFUSALS = frozenset({Reason.NOT_COMPARABLE, Reason.NO_METRIC, Reason.NOT_BETTER})
+"""The reasons `gate` keeps the served model for: a verdict on the model, not a fault."""
+
+
 ROLLOUT_SLACK = timedelta(seconds=30)
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetrain.operator import tensorboard
 from kubetrain.operator.manifests import pod_name
 from kubetrain.operator.status import get_condition, now_iso, parse_time, set_condition
+from kubetrain.operator.tensorboard import Action as TensorBoardAction
 from kubetrain.trainer.api.records import EXIT_PERMANENT
 from kubetrain.trainer.api.spec import TrainingJobSpec
 from kubetrain.trainer.api.status import ConditionType, Phase, Reason
@@ -55,6 +57,9 @@ class Plan:
     """Training succeeded and promotion is due or under way."""
     delete_job: bool = False
     """`ttlSecondsAfterFinished` has passed."""
+    tensorboard: TensorBoardAction | None = None
+    """Create or delete the job's TensorBoard (`tensorboard.action`); the handler records
+    the outcome in `status.tensorboard`."""
 
 
 def promotion_decided(spec: TrainingJobSpec, status: dict[str, Any]) -> bool:
@@ -431,6 +436,21 @@ def _launch(job: _Job) -> Plan:
     return job.done()
 
 
+def _tensorboard(
+    spec: TrainingJobSpec,
+    name: str,
+    status: dict[str, Any],
+    generation: int | None,
+    b: _Builder,
+) -> None:
+    """Whatever the phase: create or delete the job's TensorBoard as its spec asks, or say
+    once per spec change why it cannot have one."""
+    b.plan.tensorboard = tensorboard.action(spec, status)
+    changed = generation is None or generation != status.get("observedGeneration")
+    if spec.tensorboard.enabled and not tensorboard.has_storage(spec) and changed:
+        b.event(*tensorboard.no_storage_event(name))
+
+
 def owned_pods(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
     """The worker pods this job created, by its UID: labels alone are not enough.
 
@@ -460,6 +480,7 @@ def plan(
     b = _Builder(status, now)
     if generation is not None:
         b.new["observedGeneration"] = generation
+    _tensorboard(spec, name, status, generation, b)
     restarts = int(status.get("restarts") or 0)
     job = _Job(
         spec=spec,
@@ -511,8 +532,9 @@ def requeue_after(
     Time is the trigger for: the active deadline, the TTL, a pod stuck terminating (its
     force-deletion), a node not yet known to be lost under a worker that stopped being Ready,
     a running chief's progress (every `progress_every`), a job waiting for what no watch
-    reports (a missing claim, a refused pod: every `progress_every`), and a promotion under
-    way (its model check, its rollout and their deadlines: every `follow_every`).
+    reports (a missing claim, a refused pod: every `progress_every`), a promotion under
+    way (its model check, its rollout and their deadlines: every `follow_every`), and a
+    TensorBoard whose creation or removal failed (every `progress_every`).
     """
     moments: list[float] = []
 
@@ -550,6 +572,8 @@ def requeue_after(
             moments.append(progress_every)
         if node_suspects(pods) - lost_nodes:
             moments.append(follow_every)
+    if tensorboard.action(spec, status) is not None:  # a create or delete that failed
+        moments.append(progress_every)
     if not moments:
         return None
     return max(min(moments), MIN_REQUEUE)

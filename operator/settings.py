@@ -110,6 +110,10 @@ class Settings:
     liveness_port: int | None = field(
         default_factory=lambda: int(os.environ.get("KUBETRAIN_LIVENESS_PORT", "0")) or None
     )
+    metrics_port: int | None = field(
+        default_factory=lambda: int(os.environ.get("KUBETRAIN_METRICS_PORT", "8080")) or None
+    )
+    """Port of the operator's Prometheus metrics (`/metrics`, every replica); 0 turns it off."""
     leader_election: bool = field(default_factory=lambda: _flag("KUBETRAIN_LEADER_ELECTION", False))
     """Reconcile only while holding the Lease, so that several replicas can run."""
     lease_namespace: str = field(

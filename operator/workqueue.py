@@ -45,6 +45,14 @@ class WorkQueue:
         with self._cond:
             return len(self._dirty | set(self._waiting))
 
+    def depth(self) -> int:
+        """Keys due for a reconcile that no worker has taken yet (client-go's depth): one
+        that stays high says the workers cannot keep up. Keys delayed to later are not due."""
+        with self._cond:
+            now = self._clock()
+            due = {key for key, deadline in self._waiting.items() if deadline <= now}
+            return len((self._dirty | due) - self._processing)
+
     def add(self, key: Hashable) -> None:
         """Reconcile `key` as soon as a worker is free (and its current reconcile is done)."""
         with self._cond:

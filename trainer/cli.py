@@ -9,10 +9,17 @@ import signal
 import sys
 from pathlib import Path
 
-from .api.entrypoints import PULL, SERVE, SERVER_PORT, WORKER
+from .api.entrypoints import (
+    BIND_ALL_FLAG,
+    PULL,
+    SERVE,
+    SERVER_PORT,
+    TENSORBOARD,
+    TENSORBOARD_PORT,
+    WORKER,
+)
 from .api.layout import Layout
 from .api.spec import SpecError, TrainingJob, load_job
-from .curves import TENSORBOARD_PORT
 from .server import add_pull_arguments, add_serve_arguments
 
 
@@ -117,7 +124,7 @@ def _tensorboard(args: argparse.Namespace) -> int:
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
     try:
-        return tensorboard(logdir, args.port)
+        return tensorboard(logdir, args.port, args.bind_all)
     except (StorageError, StoreUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -170,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     board = commands.add_parser(
-        "tensorboard", help="show a job's loss, metrics and learning rate in TensorBoard"
+        TENSORBOARD, help="show a job's loss, metrics and learning rate in TensorBoard"
     )
     board.add_argument(
         "target",
@@ -180,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--workdir", help="the --workdir `kubetrain run` was given, if any")
     board.add_argument(
         "--port", type=int, default=TENSORBOARD_PORT, help=f"on 127.0.0.1 ({TENSORBOARD_PORT})"
+    )
+    board.add_argument(
+        BIND_ALL_FLAG,
+        action="store_true",
+        help="listen on every address, not only 127.0.0.1 (in a pod behind a Service)",
     )
     board.set_defaults(func=_tensorboard)
 

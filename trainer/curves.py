@@ -14,13 +14,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .api.entrypoints import TENSORBOARD_PORT
 from .api.layout import Layout
 from .api.spec import load_job
 from .runner import local_workdir, storage_locations
 from .storage import StorageError, Store, StoreUnreachable, is_object_store
 
-TENSORBOARD_PORT = 6006
-"""TensorBoard's own default port."""
+JOB_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+"""A target with one of these names a TrainingJob file; anything else is a directory of
+curves, which may not exist yet (a pod's TensorBoard starts before the chief writes)."""
 REFRESH_SECONDS = 10.0
 """How often a copy of an object store's event files is brought up to date."""
 
@@ -31,13 +33,16 @@ def log_dir(target: str, workdir: str | None = None) -> str:
     TrainingJob file `target`, where `kubetrain run` keeps them (`workdir` is its --workdir)."""
     if is_object_store(target) or Path(target).is_dir():
         return target
+    if not target.endswith(JOB_FILE_SUFFIXES):
+        return target  # a directory still to come: TensorBoard shows it once it is there
     job = load_job(target)
     state, models = storage_locations(job, local_workdir(job, workdir))
     return Layout(workdir=state, model_root=models).tensorboard
 
 
-def tensorboard(logdir: str, port: int = TENSORBOARD_PORT) -> int:
-    """Run TensorBoard on `logdir` on 127.0.0.1 until it exits or this is interrupted."""
+def tensorboard(logdir: str, port: int = TENSORBOARD_PORT, bind_all: bool = False) -> int:
+    """Run TensorBoard on `logdir` on 127.0.0.1 (every address with `bind_all`, as in a pod
+    behind a Service) until it exits or this is interrupted."""
     store = Store.open(logdir)
     with tempfile.TemporaryDirectory(prefix="kubetrain-tensorboard-") as scratch:
         local = Path(logdir) if store.local else Path(scratch)
@@ -52,7 +57,7 @@ def tensorboard(logdir: str, port: int = TENSORBOARD_PORT) -> int:
                 "-m",
                 "tensorboard.main",
                 f"--logdir={local}",
-                "--host=127.0.0.1",
+                "--bind_all" if bind_all else "--host=127.0.0.1",
                 f"--port={port}",
             ]
         )

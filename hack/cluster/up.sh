@@ -58,6 +58,11 @@ if ! ip link show "${KT_BRIDGE}" >/dev/null 2>&1; then
 fi
 ip addr replace "${KT_NODE_IP}/${KT_POD_CIDR#*/}" dev "${KT_BRIDGE}"
 ip link set "${KT_BRIDGE}" up
+# Service addresses are routed into the bridge, never out of the machine: until kube-proxy
+# has a Service's rules, a connection to its address must fail here. Through the default
+# route it reached whatever answers upstream (a 404 to the API server's check of the metrics
+# APIService, on a keep-alive connection it kept reusing after kube-proxy's rules arrived).
+ip route replace "${KT_SERVICE_CIDR}" dev "${KT_BRIDGE}"
 # Pod-to-service traffic is DNATed on the bridge and routed back into it, so
 # the node forwards; br_netfilter lets kube-proxy's rules see bridged packets.
 modprobe -q br_netfilter 2>/dev/null || true # built in on some kernels

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from charttools import CHART, REPO, Tools
+from kubetrain.operator import metrics
 from kubetrain.operator.settings import Settings
 from kubetrain.trainer.api.spec import LOCAL_TRAINER_IMAGE, OBJECT_STORE_URI
 
@@ -125,6 +126,9 @@ def test_the_examples_conform_to_the_trainingjob_schema(tools: Tools) -> None:
         ("jobDefaults.storage.uri=/var/lib/models", "at '/jobDefaults/storage/uri'"),
         ("jobDefaults.storage.bucket=models", "at '/jobDefaults/storage'"),
         ("jobDefaults.storage.s3.endpoint=minio:9000", "at '/jobDefaults/storage/s3/endpoint'"),
+        ("metrics.port=80", "at '/metrics/port': minimum"),
+        ("serviceMonitor.interval=soon", "at '/serviceMonitor/interval'"),
+        ("serviceMonitor.enable=true", "at '/serviceMonitor': additional properties 'enable'"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_field(
@@ -244,7 +248,7 @@ def test_watching_a_namespace_list_grants_roles_in_those_namespaces_only(tools: 
 def test_no_rbac_objects_when_the_user_brings_their_own(tools: Tools) -> None:
     docs = objects(tools, VALUE_SETS["bring-your-own"])
     kinds = {doc["kind"] for doc in docs}
-    assert kinds == {"Deployment"}
+    assert kinds == {"Deployment", "Service"}  # the Service: the operator's metrics
     deployment = by_kind(docs, "Deployment")[0]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "trainer-operator"
 
@@ -304,9 +308,88 @@ def test_operator_runs_non_root_on_a_read_only_root(tools: Tools) -> None:
 def test_probes_ask_kopfs_health_endpoint(tools: Tools) -> None:
     container = operator_container(objects(tools, ["probePort=9090"]))
     assert "--liveness=http://0.0.0.0:9090/healthz" in container["command"]
-    assert container["ports"] == [{"name": "probes", "containerPort": 9090, "protocol": "TCP"}]
+    assert {"name": "probes", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "probes"}
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_every_operator_pod_serves_metrics_behind_a_service(
+    tools: Tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = objects(tools, [])
+    container = operator_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"probes": 8081, "metrics": 8080}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    monkeypatch.setenv("KUBETRAIN_METRICS_PORT", env["KUBETRAIN_METRICS_PORT"])
+    assert Settings().metrics_port == ports["metrics"]  # where the operator listens
+    (service,) = by_kind(docs, "Service")
+    assert service["metadata"]["name"] == "kubetrain-metrics"
+    assert service["metadata"]["namespace"] == NAMESPACE
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    (deployment,) = by_kind(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()  # every replica
+
+
+def test_metrics_turned_off_leave_no_port_no_service_and_no_server(
+    tools: Tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = objects(tools, ["metrics.enabled=false"])
+    container = operator_container(docs)
+    assert [p["name"] for p in container["ports"]] == ["probes"]
+    assert by_kind(docs, "Service") == []
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    monkeypatch.setenv("KUBETRAIN_METRICS_PORT", env["KUBETRAIN_METRICS_PORT"])
+    assert Settings().metrics_port is None
+
+
+def test_no_servicemonitor_unless_asked_for(tools: Tools) -> None:
+    assert by_kind(objects(tools, []), "ServiceMonitor") == []
+
+
+def test_the_servicemonitor_scrapes_the_metrics_service(tools: Tools) -> None:
+    values = [
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.interval=30s",
+        "serviceMonitor.labels.release=kube-prometheus-stack",
+    ]
+    done = tools.helm_run("lint", "--strict", CHART, *set_args(values))
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = objects(tools, values)
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    (service,) = by_kind(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert spec["endpoints"] == [{"port": "metrics", "path": metrics.PATH, "interval": "30s"}]
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            ["serviceMonitor.enabled=true", "metrics.enabled=false"],
+            "serviceMonitor.enabled needs metrics.enabled",
+        ),
+        (["metrics.port=9090", "probePort=9090"], "metrics.port and probePort are both 9090"),
+    ],
+)
+def test_metrics_values_that_cannot_work_are_refused(
+    tools: Tools, values: list[str], message: str
+) -> None:
+    done = tools.helm_run("template", RELEASE, CHART, *set_args(values))
+    assert done.returncode != 0
+    assert message in done.stderr
 
 
 @pytest.mark.parametrize(

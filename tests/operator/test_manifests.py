@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kubetrain.operator import serving
+from kubetrain.operator import serving, tensorboard
 from kubetrain.operator.manifests import (
     LABEL_JOB,
     LABEL_ROLE,
@@ -176,7 +176,8 @@ def test_every_pod_the_operator_creates_meets_pod_security_restricted():
     spec = job(body(promotion={"deployment": "mnist-serving"})).spec
     server = serving.deployment(spec, "ml", 1, {})["spec"]["template"]["spec"]
     check = serving.model_check_pod(body(), spec, 1)["spec"]
-    for pod in [pods(body())[0]["spec"], server, check]:
+    board = tensorboard.deployment(body(), job(body()))["spec"]["template"]["spec"]
+    for pod in [pods(body())[0]["spec"], server, check, board]:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {next(iter(set(v) - {"name"})) for v in pod["volumes"]} <= {

@@ -253,6 +253,28 @@ def test_a_finished_job_is_deleted_after_its_ttl(ns: Kubectl):
         )
 
 
+def test_a_jobs_tensorboard_is_owned_by_it_outlives_training_and_goes_when_turned_off(
+    ns: Kubectl,
+):
+    board = "deployments,services,networkpolicies -l kubetrain.io/role=tensorboard"
+    with operator(ns, worker_command(epoch_seconds=0.5)):
+        ns.apply(trainingjob("curves", training={"epochs": 1}, tensorboard={"enabled": True}))
+        tj = ns.wait_for(
+            "tj curves",
+            lambda t: phase_in("Succeeded")(t) and "tensorboard" in t["status"],
+            timeout=120,
+        )
+        assert tj["status"]["tensorboard"] == {"service": "curves-tensorboard", "port": 6006}
+        made = ns.json("get", *board.split())["items"]
+        assert sorted(o["kind"] for o in made) == ["Deployment", "NetworkPolicy", "Service"]
+        for obj in made:
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+        off = json.dumps({"spec": {"tensorboard": {"enabled": False}}})
+        ns("patch", "tj", "curves", "--type", "merge", "-p", off)
+        ns.wait_for("tj curves", lambda t: "tensorboard" not in t["status"], timeout=60)
+    ns.wait_for(board, lambda lst: not lst["items"], timeout=60)
+
+
 def test_a_restarted_operator_creates_no_duplicates(ns: Kubectl):
     with operator(ns, worker_command(epoch_seconds=30)):
         ns.apply(trainingjob("mnist"))

@@ -127,6 +127,7 @@ class OperatorProcess:
             "KUBETRAIN_PROGRESS_INTERVAL": "2",
             "KUBETRAIN_WORKER_COMMAND": json.dumps(worker),
             "KUBETRAIN_SERVING_COMMAND": json.dumps(server_command()),
+            "KUBETRAIN_METRICS_PORT": "0",  # two of them on one machine: no port to share
         }
         self.log = log
         with log.open("w") as out:  # the child keeps its own descriptor

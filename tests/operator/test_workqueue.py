@@ -161,3 +161,20 @@ def test_an_earlier_deadline_added_later_is_not_overslept():
     assert set(when) == {"early", "late"}
     assert when["early"] < 0.4, when
     assert when["late"] >= 0.6, when
+
+
+def test_depth_counts_the_keys_due_that_no_worker_has_taken():
+    clock = Clock()
+    q = WorkQueue(clock)
+    q.add("a")
+    q.add("b")
+    q.add_after("c", 5)
+    assert q.depth() == 2  # "c" is not due yet
+    clock.now += 5
+    assert q.depth() == 3
+    assert q.pop_ready() == "a"
+    assert q.depth() == 2
+    q.add("a")  # changed while a worker has it: due again once that worker is done
+    assert q.depth() == 2
+    q.done("a")
+    assert q.depth() == 3

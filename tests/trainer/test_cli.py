@@ -180,6 +180,8 @@ def test_tensorboard_reads_a_jobs_curves_where_run_keeps_them(
     # A directory or URI is read as it is: TensorBoard finds the runs below it.
     assert log_dir(str(tmp_path)) == str(tmp_path)
     assert log_dir("s3://bucket/kubetrain/jobs") == "s3://bucket/kubetrain/jobs"
+    # A pod's TensorBoard starts before the chief writes: a directory still to come.
+    assert log_dir(f"{tmp_path}/jobs/tiny/tensorboard") == f"{tmp_path}/jobs/tiny/tensorboard"
 
 
 def test_tensorboard_on_a_missing_job_file_names_it(tmp_path: Path) -> None:

@@ -11,12 +11,17 @@ from .spec import S3Options
 WORKER = "worker"
 SERVE = "serve"
 PULL = "pull"
+TENSORBOARD = "tensorboard"
 WORKER_COMMAND = ["kubetrain", WORKER]
 """The trainer image's worker entrypoint; `worker_arguments` follow it."""
 SERVE_COMMAND = ["kubetrain", SERVE]
 """The trainer image's model server entrypoint; `serve_arguments` follow it."""
 PULL_COMMAND = ["kubetrain", PULL]
 """The trainer image's model puller (a serving pod's init container); `pull_arguments` follow."""
+TENSORBOARD_COMMAND = ["kubetrain", TENSORBOARD]
+"""The trainer image's TensorBoard of a job's curves; `tensorboard_arguments` follow it."""
+TENSORBOARD_PORT = 6006
+"""TensorBoard's own default port: `kubetrain tensorboard`'s, and the operator's Service's."""
 SERVER_PORT = 8501
 """TensorFlow Serving's REST port, which the model server listens on by default."""
 GRPC_PORT = 8500
@@ -56,6 +61,15 @@ def pull_arguments(model_dir: str, into: str) -> list[str]:
 
 def serve_arguments(model_dir: str, port: int = SERVER_PORT) -> list[str]:
     return [MODEL_DIR_FLAG, model_dir, "--port", str(port)]
+
+
+BIND_ALL_FLAG = "--bind-all"
+"""`kubetrain tensorboard`'s flag to listen on every address (in a pod) instead of loopback."""
+
+
+def tensorboard_arguments(log_dir: str, port: int = TENSORBOARD_PORT) -> list[str]:
+    """A pod's TensorBoard: reached through its Service, so on every address."""
+    return [log_dir, "--port", str(port), BIND_ALL_FLAG]
 
 
 def s3_environment(options: S3Options) -> dict[str, str]:

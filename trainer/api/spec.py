@@ -32,6 +32,9 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 SERVING_SUFFIX = "-serving"
 MAX_MODEL_NAME_LENGTH = 63 - len(SERVING_SUFFIX)
 """`<model name>-serving` is the default serving Deployment and Service name."""
+TENSORBOARD_SUFFIX = "-tensorboard"
+MAX_TENSORBOARD_JOB_NAME_LENGTH = 63 - len(TENSORBOARD_SUFFIX)
+"""`<name>-tensorboard` names a job's TensorBoard Service, a DNS-1035 label of at most 63."""
 MAX_SEED = 2**32 - 2
 """The split draws with `seed` and `seed + 1`; numpy takes 32-bit seeds."""
 LOCAL_TRAINER_IMAGE = "localhost/kubetrain-trainer:dev"
@@ -313,6 +316,26 @@ class Promotion(_Model):
     )
 
 
+class TensorBoard(_Model):
+    """TensorBoard on the cluster, drawing the curves the chief writes to the job's storage."""
+
+    enabled: bool = Field(
+        False,
+        description="Run TensorBoard for this job in a Deployment and Service "
+        f"`<name>{TENSORBOARD_SUFFIX}` (owned by the job: they go when it is deleted, and stay "
+        "after it finishes); `kubectl port-forward` to `status.tensorboard`. It reads the job's "
+        "claim read-only, or follows its object store. `kubetrain run` ignores it (`kubetrain "
+        "tensorboard` shows a local run's curves).",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "100m", "memory": "768Mi"}, limits={"memory": "1536Mi"}
+        ),
+        description="The TensorBoard container's resources, applied when it is created; the "
+        "defaults fit TensorBoard with TensorFlow loaded (about 650 MB).",
+    )
+
+
 class CleanPodPolicy(StrEnum):
     ALL = "All"
     RUNNING = "Running"
@@ -341,6 +364,7 @@ class TrainingJobSpec(_Model):
     storage: Storage = Field(default_factory=Storage)
     promotion: Promotion = Field(default_factory=Promotion)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    tensorboard: TensorBoard = Field(default_factory=TensorBoard)
 
     @model_validator(mode="after")
     def _architecture_fits_dataset(self) -> TrainingJobSpec:
@@ -375,6 +399,17 @@ class TrainingJob(_Model):
     metadata: ObjectMeta
     spec: TrainingJobSpec
     status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _tensorboard_name_fits(self) -> TrainingJob:
+        if self.spec.tensorboard.enabled and (
+            len(self.metadata.name) > MAX_TENSORBOARD_JOB_NAME_LENGTH
+        ):
+            raise ValueError(
+                f"metadata.name must be at most {MAX_TENSORBOARD_JOB_NAME_LENGTH} characters "
+                f"with spec.tensorboard.enabled (its Service is <name>{TENSORBOARD_SUFFIX})"
+            )
+        return self
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

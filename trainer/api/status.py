@@ -77,6 +77,10 @@ class Reason(StrEnum):
     ROLLOUT_FAILED = "RolloutFailed"
     PROMOTION_REFUSED = "PromotionRefused"
     PROMOTION_RETRYING = "PromotionRetrying"
+    # Events: the job's TensorBoard
+    TENSORBOARD_CREATED = "TensorBoardCreated"
+    TENSORBOARD_DELETED = "TensorBoardDeleted"
+    TENSORBOARD_FAILED = "TensorBoardFailed"
 
 
 class _Status(BaseModel):
@@ -130,6 +134,13 @@ class Serving(_Status):
     promoted_at: str | None = None
 
 
+class TensorBoardEndpoint(_Status):
+    """Where the job's TensorBoard answers: `kubectl port-forward svc/<service> <port>`."""
+
+    service: str = Field(description="The Service in the job's namespace.")
+    port: int = Field(description="Its port, TensorBoard's.")
+
+
 class TrainingJobStatus(_Status):
     """What `status` may hold; the CRD's status schema is generated from it."""
 
@@ -159,3 +170,6 @@ class TrainingJobStatus(_Status):
     start_time: str | None = None
     completion_time: str | None = None
     promotion_start_time: str | None = None
+    tensorboard: TensorBoardEndpoint | None = Field(
+        None, description="The job's TensorBoard, once created (`spec.tensorboard.enabled`)."
+    )

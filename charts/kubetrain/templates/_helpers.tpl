@@ -109,16 +109,19 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# The headless Service of a job's workers, and the Service of a serving Deployment.
+# The headless Service of a job's workers, the Service of a serving Deployment, and a job's
+# TensorBoard Service (spec.tensorboard; deleted when the job turns it off).
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "delete"]
 # The serving Deployment: read for the served metric, created on the first promotion,
-# patched to roll a new version, deleted if it never served anything.
+# patched to roll a new version, deleted if it never served anything. A job's TensorBoard
+# Deployment: created and deleted like its Service.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch", "delete"]
-# The NetworkPolicy of a job's workers (owned by the job) and of a serving Deployment.
+# The NetworkPolicies of a job's workers and TensorBoard (owned by the job) and of a serving
+# Deployment.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "delete"]
