@@ -221,6 +221,28 @@ class Kubectl:
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)}),
         )
 
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int, timeout: float = 30) -> Iterator[int]:
+        """`kubectl port-forward target :port`, as a user reaches a Service; yields the
+        local port."""
+        cmd = [self.binary, "--kubeconfig", self.kubeconfig, "port-forward", target, f":{port}"]
+        if self.namespace:
+            cmd[3:3] = ["--namespace", self.namespace]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + timeout
+            line = ""
+            while time.monotonic() < deadline and "Forwarding from 127.0.0.1:" not in line:
+                line = proc.stdout.readline() if proc.stdout else ""
+                if not line and proc.poll() is not None:
+                    break
+            if "Forwarding from 127.0.0.1:" not in line:
+                raise AssertionError(f"kubectl port-forward {target}: {proc.stderr.read()}")
+            yield int(line.split("127.0.0.1:")[1].split()[0])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
     def wait_for(self, what: str, predicate, timeout: float = 120, interval: float = 1) -> dict:
         """Polls `kubectl get WHAT -o json` until predicate(obj) is truthy."""
         deadline = time.monotonic() + timeout

@@ -30,9 +30,10 @@ LOAD = r"""
 import json, sys, threading, time, urllib.request
 URL, SECONDS, CLIENTS, UNTIL = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 counts = {"ok": 0, "failed": 0}
-errors, versions = [], set()
+timeline, versions = [], set()  # failures and each version's first answer, timed
 lock = threading.Lock()
-end = time.monotonic() + SECONDS
+start = time.monotonic()
+end = start + SECONDS
 
 def client():
     global end
@@ -44,11 +45,13 @@ def client():
                 ok = answer.status == 200
         except Exception as err:
             ok, version = False, None
-            errors.append(repr(err))
+            timeline.append(f"{time.monotonic() - start:.1f}s {err!r}")
         with lock:
             counts["ok" if ok else "failed"] += 1
             if version == UNTIL and UNTIL not in versions:
                 end = min(end, time.monotonic() + 15)  # a little more of the new version
+            if version not in versions:
+                timeline.append(f"{time.monotonic() - start:.1f}s version {version}")
             versions.add(version)
         time.sleep(0.1)  # a steady load, not all the CPU the pods can get
 
@@ -57,7 +60,8 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-print(json.dumps({**counts, "versions": sorted(v for v in versions if v), "errors": errors[:5]}))
+seen = sorted(v for v in versions if v)
+print(json.dumps({**counts, "versions": seen, "timeline": timeline[:8] + timeline[-4:]}))
 """
 
 

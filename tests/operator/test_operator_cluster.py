@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -269,6 +270,13 @@ def test_a_jobs_tensorboard_is_owned_by_it_outlives_training_and_goes_when_turne
         assert sorted(o["kind"] for o in made) == ["Deployment", "NetworkPolicy", "Service"]
         for obj in made:
             assert obj["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+        # It answers where the job's status says, reading the job's curves directory.
+        ns("rollout", "status", "deployment/curves-tensorboard", "--timeout=300s", timeout=320)
+        with ns.port_forward("svc/curves-tensorboard", 6006) as port:
+            url = f"http://127.0.0.1:{port}/data/environment"
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                environment = json.load(answer)
+        assert environment["data_location"].endswith("/jobs/curves/tensorboard"), environment
         off = json.dumps({"spec": {"tensorboard": {"enabled": False}}})
         ns("patch", "tj", "curves", "--type", "merge", "-p", off)
         ns.wait_for("tj curves", lambda t: "tensorboard" not in t["status"], timeout=60)
