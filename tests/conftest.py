@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from datasets import write_mnist
+from datasets import tiny_job, write_mnist
 from s3server import S3Server
 
 pytest_plugins = ["kubecluster", "charttools"]
@@ -19,17 +19,7 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def job_document(tiny_mnist: Path) -> dict:
     """A TrainingJob as a user writes it, pointing at the tiny dataset."""
-    return {
-        "apiVersion": "kubetrain.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "dataset": {"name": "mnist", "source": str(tiny_mnist)},
-            "model": {"architecture": "mnist-dense"},
-            "training": {"epochs": 3, "batchSize": 64, "learningRate": 0.003},
-            "workers": {"replicas": 2},
-        },
-    }
+    return tiny_job(tiny_mnist, epochs=3, replicas=2)
 
 
 @pytest.fixture(scope="session")

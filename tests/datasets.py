@@ -96,3 +96,18 @@ def write_planesnet_json(path: Path, count: int = 300, scenes: int = 12, seed: i
         )
     )
     return path
+
+
+def tiny_job(source: Path, epochs: int, replicas: int, learning_rate: float = 0.003) -> dict:
+    """A TrainingJob as a user writes it, on a tiny MNIST written by `write_mnist`."""
+    return {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "dataset": {"name": "mnist", "source": str(source)},
+            "model": {"architecture": "mnist-dense"},
+            "training": {"epochs": epochs, "batchSize": 64, "learningRate": learning_rate},
+            "workers": {"replicas": replicas},
+        },
+    }

@@ -122,6 +122,14 @@ def wait_for_text(path: Path, text: str, timeout: float) -> str:
     raise AssertionError(f"{text!r} not in {path} after {timeout}s:\n{content[-3000:]}")
 
 
+def finished(ns: Kubectl, job: str) -> dict:
+    return ns.wait_for(
+        f"tj {job}",
+        lambda tj: tj["status"].get("phase") in ("Succeeded", "Failed"),
+        timeout=600,
+    )
+
+
 def attempt_pods(ns: Kubectl, job: str, attempt: int) -> list[dict]:
     return [
         p for p in pods(ns, job) if p["metadata"]["labels"]["kubetrain.io/attempt"] == str(attempt)
@@ -176,11 +184,7 @@ def test_a_lost_node_restarts_the_job_on_the_others_from_its_last_checkpoint(
             timeout=240,
         )
         resumed = time.monotonic() - started
-        done = ns.wait_for(
-            "tj sturdy",
-            lambda tj: tj["status"].get("phase") in ("Succeeded", "Failed"),
-            timeout=600,
-        )
+        done = finished(ns, "sturdy")
 
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
@@ -342,11 +346,7 @@ def test_a_chief_cut_off_from_the_control_plane_is_fenced_and_publishes_nothing(
         log = wait_for_text(
             pod_log_file(chief_node, ns.namespace, old_chief), "fenced:", timeout=120
         )
-        done = ns.wait_for(
-            "tj fenced",
-            lambda tj: tj["status"].get("phase") in ("Succeeded", "Failed"),
-            timeout=600,
-        )
+        done = finished(ns, "fenced")
 
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)

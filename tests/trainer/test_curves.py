@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from boards import curves, get_json, tensorboard
+from datasets import tiny_job
 from kubetrain.trainer.api.spec import parse_job
 from kubetrain.trainer.runner import run_local
 
@@ -20,17 +21,7 @@ LEARNING_RATE = 0.003
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_mnist: Path) -> tuple[Path, Path]:
     """(job file, workdir) of a 2-epoch, 1-worker run as `kubetrain run --workdir` leaves it."""
     root = tmp_path_factory.mktemp("curves")
-    document = {
-        "apiVersion": "kubetrain.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "dataset": {"name": "mnist", "source": str(tiny_mnist)},
-            "model": {"architecture": "mnist-dense"},
-            "training": {"epochs": 2, "batchSize": 64, "learningRate": LEARNING_RATE},
-            "workers": {"replicas": 1},
-        },
-    }
+    document = tiny_job(tiny_mnist, epochs=2, replicas=1, learning_rate=LEARNING_RATE)
     job_file = root / "tiny.yaml"
     job_file.write_text(yaml.safe_dump(document))
     run_local(parse_job(document), root / "run")
