@@ -12,7 +12,9 @@ JOB ?= examples/mnist.yaml
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
+	# -P: the project's own operator/ package must not shadow the standard library's `operator`
+	# (on some builds of Python 3.11, `python3 -m venv` run here fails on it).
+	$(PYTHON) -P -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[train,operator,dev]"
 	# tf-keras without its dependencies: they would pull the full GPU `tensorflow` wheel.
@@ -31,7 +33,9 @@ run: install
 ## them, and with them the cluster and image builds.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	# PYTHONSAFEPATH: the tests' `python -m ...` processes start here, where operator/ would
+	# shadow the standard library's module of that name.
+	PYTHONSAFEPATH=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

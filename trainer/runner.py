@@ -136,6 +136,8 @@ class LocalJob:
                 process = subprocess.Popen(
                     [
                         sys.executable,
+                        # Nothing imported from cwd, where a folder may shadow a stdlib module.
+                        "-P",
                         "-m",
                         "kubetrain.trainer",
                         WORKER,
