@@ -18,13 +18,14 @@ from .api.entrypoints import (
     TENSORBOARD_PORT,
     WORKER,
 )
-from .api.layout import Layout
+from .api.layout import TRIALS_DIR, Layout
 from .api.spec import SpecError, TrainingJob, load_job
 from .server import add_pull_arguments, add_serve_arguments
+from .storage import join
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import JobFailed, local_workdir, run_local, storage_locations
+    from .runner import JobFailed, local_workdir, run_local, run_trials, storage_locations
 
     try:
         job = load_job(args.file, args.set, args.set_string)
@@ -40,8 +41,19 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    best_trial = ""
     try:
-        result = run_local(job, workdir)
+        if job.spec.trials is None:
+            result = run_local(job, workdir)
+        else:
+            from .trials import leaderboard
+
+            result, study = run_trials(job, workdir)
+            print(leaderboard(study), file=sys.stderr)
+            best_trial = f"best trial {study.best}, "
+    except SpecError as err:  # a trial whose parameters make an invalid spec: none trained
+        print(f"error: {args.file}: {err}", file=sys.stderr)
+        return 2
     except JobFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -53,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     model = result.model
     where = _shown(Path(model.path or ""))
     print(
-        f"best epoch {result.best_epoch}: {result.metric} "
+        f"{best_trial}best epoch {result.best_epoch}: {result.metric} "
         f"{result.validation.get(result.metric, float('nan')):.4f}, "
         f"test accuracy {result.test_accuracy:.4f}; exported {model.name} "
         f"version {model.version} to {where}",
@@ -62,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.serve:
         state, models = storage_locations(job, workdir)
         curves = Layout(workdir=state, model_root=models).tensorboard
+        if job.spec.trials is not None:  # every trial's curves, side by side
+            curves = join(state, TRIALS_DIR)
         print(next_steps(args.file, job, where.parent, curves), file=sys.stderr)
     print(json.dumps(result.document()))
     if args.serve:

@@ -59,6 +59,15 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def _optional_model(annotation: typing.Any) -> type[BaseModel] | None:
+    """The object of an optional object field (`Trials | None`): absent unless asked for."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) == 1:
+            return _nested_model(options[0])
+    return None
+
+
 def rows(model: type[BaseModel] = TrainingJobSpec, prefix: str = "spec") -> Iterator[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}.{field.alias or name}"
@@ -68,6 +77,9 @@ def rows(model: type[BaseModel] = TrainingJobSpec, prefix: str = "spec") -> Iter
             continue
         description = (field.description or "").replace("\n", " ")
         yield f"| `{path}` | {_type_name(field.annotation)} | {_default(field)} | {description} |"
+        optional = _optional_model(field.annotation)
+        if optional is not None:  # what it holds when given
+            yield from rows(optional, path)
 
 
 def table() -> str:

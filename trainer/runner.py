@@ -8,6 +8,7 @@ Workers catch SIGTERM and train on, so stopping them means SIGKILL.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -16,9 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .api.entrypoints import (
     ATTEMPT_ENV,
@@ -27,7 +30,15 @@ from .api.entrypoints import (
     s3_environment,
     worker_arguments,
 )
-from .api.layout import MODELS_DIR, RESULT_FILE, job_workdir, model_root
+from .api.layout import (
+    MODELS_DIR,
+    RESULT_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    Layout,
+    job_workdir,
+    model_root,
+)
 from .api.records import (
     EXIT_PERMANENT,
     Batch,
@@ -40,24 +51,50 @@ from .api.records import (
     parse_record,
 )
 from .api.spec import TrainingJob
+from .api.status import ModelRef
 from .api.tfconfig import ENV as TF_CONFIG
 from .api.tfconfig import tf_config
-from .storage import Store
+from .checkpoints import best_checkpoint, list_checkpoints
+from .storage import Store, join
+
+if TYPE_CHECKING:
+    from .trials import Study
 
 
 class JobFailed(RuntimeError):
     """The job did not succeed; the message says why and where the logs are."""
 
 
+class Stopped(Exception):
+    """The workers were stopped because the caller asked (`run_job`'s `stop`)."""
+
+
+Watch = Callable[[int, Record], None]
+"""Sees every record a worker prints, with the worker's index (early stopping reads them)."""
+
+
+_PORTS_LOCK = threading.Lock()
+_HANDED_OUT: set[int] = set()
+"""Ports this process gave to workers: trials started side by side never share one, though
+the first trial's workers may not have bound theirs yet when the next asks."""
+
+
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    with _PORTS_LOCK:
+        sockets: list[socket.socket] = []
+        try:
+            while len(sockets) < count:
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", 0))
+                if s.getsockname()[1] in _HANDED_OUT:
+                    sockets.pop().close()
+            ports = [s.getsockname()[1] for s in sockets]
+        finally:
+            for s in sockets:
+                s.close()
+        _HANDED_OUT.update(ports)
+        return ports
 
 
 @dataclass
@@ -65,12 +102,14 @@ class Display:
     """Progress for a person: a redrawn bar on a terminal, one line per epoch otherwise."""
 
     stream: TextIO = field(default_factory=lambda: sys.stderr)
+    label: str = ""
+    """Put before every line (`trial 3`): trials side by side share the stream, not a bar."""
     total_epochs: int = 0
     epoch: int = 0
 
     @property
     def live(self) -> bool:
-        return self.stream.isatty()
+        return self.stream.isatty() and not self.label
 
     def show(self, worker: int, record: Record) -> None:
         """Draw the chief's progress, and any worker's errors."""
@@ -106,7 +145,8 @@ class Display:
 
     def note(self, text: str) -> None:
         prefix = "\r\033[K" if self.live else ""
-        self.stream.write(f"{prefix}{text}\n")
+        label = f"{self.label}: " if self.label else ""
+        self.stream.write(f"{prefix}{label}{text}\n")
         self.stream.flush()
 
 
@@ -200,10 +240,27 @@ def run_local(job: TrainingJob, workdir: Path, display: Display | None = None) -
     `workdir` holds the job file and the workers' logs, and the checkpoints and models too
     unless the job names a `spec.storage.uri`.
     """
-    display = display or Display()
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     state, model_root = storage_locations(job, workdir)
+    return run_job(job, workdir, state, model_root, display)
+
+
+def run_job(
+    job: TrainingJob,
+    workdir: Path,
+    state: str,
+    model_root: str,
+    display: Display | None = None,
+    watch: Watch | None = None,
+    stop: threading.Event | None = None,
+) -> Result:
+    """Run one spec's workers to the end, restarting them all on failure; return the chief's
+    result. `workdir` (local) takes the job file and logs, `state` (local or a store) the
+    checkpoints and result.json, `model_root` the exported model. Setting `stop` kills the
+    workers and raises Stopped.
+    """
+    display = display or Display()
+    workdir.mkdir(parents=True, exist_ok=True)
     # Set in the spec, the store's endpoint and region win over this shell's variables.
     storage_env = s3_environment(job.spec.storage.s3) if job.spec.storage.uri else {}
     job_file = workdir / "job.json"
@@ -216,7 +273,7 @@ def run_local(job: TrainingJob, workdir: Path, display: Display | None = None) -
             job_file, workdir, state, model_root, job.spec.workers.replicas, storage_env, restarts
         )
         try:
-            outcome = _supervise(attempt, display, deadline)
+            outcome = _supervise(attempt, display, deadline, watch, stop)
         finally:
             attempt.kill()
         if outcome is None:
@@ -250,7 +307,11 @@ def _last_line(log: Path) -> str | None:
 
 
 def _supervise(
-    attempt: LocalJob, display: Display, deadline: float
+    attempt: LocalJob,
+    display: Display,
+    deadline: float,
+    watch: Watch | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[int, int, str | None] | None:
     """Wait for the attempt: None when all workers succeeded, else (worker, code, message)."""
     last_error: dict[int, str] = {}
@@ -260,8 +321,12 @@ def _supervise(
             if isinstance(record, Error):
                 last_error[index] = record.message
             display.show(index, record)
+            if watch is not None:
+                watch(index, record)
         except queue.Empty:
             pass
+        if stop is not None and stop.is_set():
+            raise Stopped()  # the caller (run_job) kills the workers
         failure = attempt.failed()
         if failure is not None:
             time.sleep(0.2)  # let the reader threads deliver the worker's last words
@@ -275,3 +340,123 @@ def _supervise(
             return None
         if time.monotonic() > deadline:
             return 0, -1, None
+
+
+def run_trials(job: TrainingJob, workdir: Path) -> tuple[Result, Study]:
+    """Train every trial of `spec.trials` (`parallelism` at a time, each a full run of its
+    candidate in `<workdir>/trials/<index>`), stop those the median rule gives up on, and
+    export the best one's model as the job's; write result.json and trials.json.
+
+    A trial that fails does not fail the job unless every trial does.
+    """
+    from . import trials  # scikit-learn loads only for a job with trials
+    from .export import republish
+
+    assert job.spec.trials is not None
+    candidates = trials.candidates(job)  # SpecError here, before anything trains
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    state, model_root = storage_locations(job, workdir)
+    metric = job.spec.training.metric
+    rule = job.spec.trials.early_stopping.median_stop
+    lock = threading.Lock()
+    histories: dict[int, dict[int, float]] = {c.index: {} for c in candidates}
+    stops = {c.index: threading.Event() for c in candidates}
+    stopped: dict[int, trials.MedianStopped] = {}
+
+    def watch(index: int) -> Watch:
+        def chief_epoch(worker: int, record: Record) -> None:
+            if worker != 0 or not isinstance(record, Epoch) or metric not in record.metrics:
+                return
+            with lock:
+                histories[index][record.epoch] = record.metrics[metric]
+                if rule is None or record.epoch >= record.total_epochs:
+                    return  # a trial that trained its last epoch has nothing left to save
+                others = [_history(h) for i, h in histories.items() if i != index]
+                mine = _history(histories[index])[: record.epoch]
+                decision = trials.median_stop(metric, rule, mine, others)
+            if decision is not None:
+                stopped[index] = decision
+                stops[index].set()
+
+        return chief_epoch
+
+    def run(candidate: trials.Candidate) -> tuple[trials.TrialOutcome, Result | None]:
+        index = candidate.index
+        display = Display(label=f"trial {index}")
+        display.note(trials.describe(candidate.parameters))
+        trial_state = join(state, TRIALS_DIR, str(index))
+        layout = Layout(workdir=trial_state, model_root=join(trial_state, MODELS_DIR))
+        result, message = None, None
+        try:
+            result = run_job(
+                candidate.job,
+                workdir / TRIALS_DIR / str(index),
+                layout.workdir,
+                layout.model_root,
+                display,
+                watch(index),
+                stops[index],
+            )
+            outcome = trials.TrialState.SUCCEEDED
+        except Stopped:
+            if index not in stopped:
+                raise  # the whole run was interrupted
+            outcome, message = trials.TrialState.EARLY_STOPPED, stopped[index].message(metric)
+        except JobFailed as err:
+            outcome, message = trials.TrialState.FAILED, str(err)
+        display.note(message or outcome)
+        kept = list_checkpoints(Store.open(layout.checkpoints))
+        best = best_checkpoint(kept, metric) if kept else None
+        return trials.TrialOutcome(
+            index=index,
+            parameters=candidate.parameters,
+            state=outcome,
+            epochs=max((c.epoch for c in kept), default=0),
+            best_epoch=best.epoch if best else None,
+            best_metric=best.metrics[metric] if best else None,
+            test_accuracy=result.test_accuracy if result else None,
+            workdir=trial_state,
+            message=message,
+        ), result
+
+    parallelism = job.spec.trials.parallelism
+    with ThreadPoolExecutor(parallelism, thread_name_prefix="kubetrain-trial") as pool:
+        futures = [pool.submit(run, c) for c in candidates]
+        try:
+            done = [future.result() for future in futures]
+        except BaseException:  # Ctrl-C, or a fault: stop every trial's workers before leaving
+            for future in futures:
+                future.cancel()
+            for event in stops.values():
+                event.set()
+            raise
+    outcomes = [outcome for outcome, _ in done]
+    results = {outcome.index: result for outcome, result in done if result is not None}
+    best = trials.best_trial(metric, outcomes)
+    if best is None:
+        raise JobFailed(
+            f"no trial succeeded (see each trial's logs in {workdir / TRIALS_DIR}/<index>/logs)"
+        )
+    winner = results[best.index]
+    exported = republish(
+        winner.model.path or "",
+        model_root,
+        job.spec.model_name,
+        {"trial": best.index, "parameters": best.parameters},
+    )
+    model = ModelRef(name=exported.name, version=exported.version, path=exported.path)
+    result = winner.model_copy(update={"model": model})
+    report = trials.Study(metric=metric, best=best.index, trials=outcomes)
+    store = Store.open(state)
+    store.write_text(TRIALS_FILE, report.model_dump_json(by_alias=True, indent=2) + "\n")
+    store.write_text(RESULT_FILE, json.dumps(result.document(), indent=2))
+    return result, report
+
+
+def _history(values: dict[int, float]) -> list[float]:
+    """A trial's metric per epoch from epoch 1, as far as it is known without a gap."""
+    history: list[float] = []
+    while len(history) + 1 in values:
+        history.append(values[len(history) + 1])
+    return history

@@ -8,12 +8,20 @@ and snake_case in Python.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetrain.io"
@@ -356,6 +364,151 @@ class RunPolicy(_Model):
     )
 
 
+TRIALS_SECTIONS = ("model", "training", "dataset")
+"""Where a trial parameter may point: what a candidate learns. The rest of the spec (workers,
+storage, promotion, runPolicy, tensorboard) is how and where the job runs, the same for all."""
+FIXED_IN_TRIALS: dict[str, str] = {
+    "training.metric": "trials are compared by it",
+    "model.name": "the best trial is exported under it",
+    "dataset.name": "every trial must learn the same data",
+    "dataset.source": "every trial must learn the same data",
+    "dataset.sha256": "every trial must learn the same data",
+    "dataset.validationFraction": "trials are compared on the same validation split",
+    "dataset.testFraction": "trials are compared on the same validation split",
+    "dataset.splitBy": "trials are compared on the same validation split",
+    "training.seed": "it draws the validation split trials are compared on",
+}
+"""Fields in `TRIALS_SECTIONS` that must not vary, and why: trials are comparable only
+when they are measured the same way."""
+
+
+class Algorithm(StrEnum):
+    RANDOM = "random"
+    GRID = "grid"
+
+
+ParameterValue = Annotated[Any, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+"""A value a field may take: a number, a string or a boolean, as the field wants it."""
+
+
+class Distribution(_Model):
+    """One parameter's search space: exactly one of `values`, `uniform` or `logUniform`."""
+
+    values: list[ParameterValue] | None = Field(
+        None, min_length=1, description="The values to choose from (the only kind `grid` takes)."
+    )
+    uniform: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="`[low, high]`: any number between."
+    )
+    log_uniform: list[float] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="`[low, high]`, both above 0: uniform in the logarithm, as learning rates "
+        "are searched.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [name for name in ("values", "uniform", "log_uniform") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of values, uniform or logUniform")
+        for name in ("uniform", "log_uniform"):
+            bounds = getattr(self, name)
+            if bounds and not bounds[0] < bounds[1]:
+                raise ValueError(f"{to_camel(name)}: low must be below high")
+        if self.log_uniform and self.log_uniform[0] <= 0:
+            raise ValueError("logUniform: low must be above 0")
+        return self
+
+
+class MedianStop(_Model):
+    """The median stopping rule: stop a trial whose best metric so far is worse than the
+    median of the other trials' best at the same epoch."""
+
+    min_trials: int = Field(
+        3, ge=1, description="Other trials that must have reached the epoch before any stops."
+    )
+    start_epoch: int = Field(1, ge=1, description="The first epoch after which a trial may stop.")
+
+
+class EarlyStopping(_Model):
+    median_stop: MedianStop | None = Field(
+        None, description="Stop trials that fall behind the median (`{}` takes the defaults)."
+    )
+
+
+class Trials(_Model):
+    """Several candidates of this spec, each trained as a job of its own; the best is exported."""
+
+    count: int = Field(ge=1, le=1000, description="How many candidates to train.")
+    parallelism: int = Field(
+        1, ge=1, le=64, description="How many train at once (`kubetrain run`, one machine)."
+    )
+    algorithm: Algorithm = Field(
+        Algorithm.RANDOM,
+        description="`random` samples each parameter; `grid` takes the first `count` "
+        "combinations of `values`.",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the sampling of candidates.")
+    parameters: dict[str, Distribution] = Field(
+        min_length=1,
+        description="The search space: a field's camelCase path under spec (e.g. "
+        "`training.learningRate`) to `{values: [...]}`, `{uniform: [low, high]}` or "
+        "`{logUniform: [low, high]}`. A field of model, training or dataset, but none that "
+        f"trials are compared by or exported under: {', '.join(FIXED_IN_TRIALS)}.",
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="When to stop a trial before its last epoch."
+    )
+
+    @model_validator(mode="after")
+    def _searchable(self) -> Trials:
+        for path, space in self.parameters.items():
+            if (why := _unsearchable(path)) is not None:
+                raise ValueError(f"parameters.{path}: {why}")
+            if self.algorithm == Algorithm.GRID and space.values is None:
+                raise ValueError(
+                    f"parameters.{path}: grid takes only `values` (a list to go through); "
+                    "use algorithm random to sample uniform or logUniform"
+                )
+        sizes = [len(s.values) for s in self.parameters.values() if s.values is not None]
+        if len(sizes) == len(self.parameters) and self.count > math.prod(sizes):
+            raise ValueError(
+                f"count {self.count} is more than the {math.prod(sizes)} combinations of "
+                "the parameters' values (no candidate is trained twice)"
+            )
+        return self
+
+
+def _unsearchable(path: str) -> str | None:
+    """Why `path` cannot be a trial parameter, or None if it can."""
+    keys = path.split(".")
+    if keys[0] not in TRIALS_SECTIONS:
+        return (
+            f"only fields of spec.{', spec.'.join(TRIALS_SECTIONS)} can vary between trials "
+            "(what a candidate learns); the rest is how and where the job runs"
+        )
+    model: type[BaseModel] | None = TrainingJobSpec
+    for i, key in enumerate(keys):
+        assert model is not None  # every key but the last named an object
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        if key not in fields:
+            where = ".".join(keys[:i]) or "spec"
+            return f"{where} has no field {key!r} (one of {', '.join(fields)})"
+        annotation = fields[key].annotation
+        is_object = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        last = i == len(keys) - 1
+        if last and is_object:
+            return "names an object: give one of its fields"
+        if not last and not is_object:
+            return f"{key} is not an object"
+        model = annotation if is_object else None
+    if path in FIXED_IN_TRIALS:
+        return f"cannot vary between trials: {FIXED_IN_TRIALS[path]}"
+    return None
+
+
 class TrainingJobSpec(_Model):
     dataset: Dataset
     model: TrainedModel
@@ -365,6 +518,11 @@ class TrainingJobSpec(_Model):
     promotion: Promotion = Field(default_factory=Promotion)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     tensorboard: TensorBoard = Field(default_factory=TensorBoard)
+    trials: Trials | None = Field(
+        None,
+        description="Train several candidates of this spec and export the best (with "
+        "`kubetrain run`; the operator refuses a job with trials for now).",
+    )
 
     @model_validator(mode="after")
     def _architecture_fits_dataset(self) -> TrainingJobSpec:
@@ -418,7 +576,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += ("." if path else "") + to_camel(str(part))
+            # A map's key (a trial parameter's path) is kept as written; fields are snake_case.
+            name = to_camel(part) if "_" in str(part) else str(part)
+            path += ("." if path else "") + name
     return path
 
 
@@ -463,6 +623,15 @@ def apply_override(document: dict[str, Any], assignment: str, string: bool = Fal
     path, sep, raw = assignment.partition("=")
     if not sep or not path:
         raise SpecError(f"--set {assignment!r}: expected PATH=VALUE, e.g. spec.training.epochs=1")
+    try:
+        set_field(document, path, raw if string else parse_value(raw))
+    except SpecError as err:
+        raise SpecError(f"--set {path}: {err}") from None
+
+
+def set_field(document: dict[str, Any], path: str, value: Any) -> None:
+    """Set the field at a dotted camelCase path of a raw document in place (`--set`, and a
+    trial's parameters), making the objects on the way."""
     keys = path.split(".")
     node: Any = document
     for i, key in enumerate(keys[:-1]):
@@ -470,10 +639,9 @@ def apply_override(document: dict[str, Any], assignment: str, string: bool = Fal
         if child is None:
             node[key] = child = {}
         if not isinstance(child, dict):
-            where = ".".join(keys[: i + 1])
-            raise SpecError(f"--set {path}: {where} is not an object")
+            raise SpecError(f"{'.'.join(keys[: i + 1])} is not an object")
         node = child
-    node[keys[-1]] = raw if string else parse_value(raw)
+    node[keys[-1]] = value
 
 
 def load_job(
