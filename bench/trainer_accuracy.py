@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
 from fashion_mnist import prepare as prepare_fashion_mnist
+from kubetrain.trainer.api.entrypoints import CPUS_ENV
 from kubetrain.trainer.api.records import Epoch, Record, Result
 from kubetrain.trainer.api.spec import load_job
 from kubetrain.trainer.runner import Display, run_local
@@ -102,25 +104,41 @@ def accuracy(name: str, workdir: Path) -> dict:
     return row
 
 
-def throughput(workdir: Path) -> dict:
-    """The same MNIST job on 1 and 2 workers; examples/second of the training loop."""
-    rates = {}
-    for replicas in (1, 2):
-        result = run(
-            MNIST,
-            [
-                "spec.training.epochs=2",
-                f"spec.workers.replicas={replicas}",
-                "spec.training.batchSize=256",
-            ],
-            workdir / f"throughput-{replicas}",
-        )
-        rates[replicas] = result.examples_per_second
+def throughput(workdir: Path, rounds: int = 2) -> dict:
+    """The same MNIST job on 1 worker, on 2 with their threads sized to their share of the
+    cores (the default), and on 2 with TensorFlow's own sizing (every core each, KUBETRAIN_CPUS
+    set to 0); the three alternate for `rounds`; medians of the training loop's examples/s."""
+    variants = {"1 worker": (1, None), "2 workers": (2, None), "2 workers, TF threads": (2, "0")}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(rounds):
+        for name, (replicas, cpus) in variants.items():
+            saved = os.environ.pop(CPUS_ENV, None)
+            if cpus is not None:
+                os.environ[CPUS_ENV] = cpus
+            try:
+                result = run(
+                    MNIST,
+                    [
+                        "spec.training.epochs=2",
+                        f"spec.workers.replicas={replicas}",
+                        "spec.training.batchSize=256",
+                    ],
+                    workdir / f"throughput-{round_}-{replicas}-{cpus or 'sized'}",
+                )
+            finally:
+                os.environ.pop(CPUS_ENV, None)
+                if saved is not None:
+                    os.environ[CPUS_ENV] = saved
+            rates[name].append(result.examples_per_second)
+    median = {name: statistics.median(values) for name, values in rates.items()}
     row = {
         "case": "throughput",
-        "examples_per_second_1_worker": rates[1],
-        "examples_per_second_2_workers": rates[2],
-        "ratio_2_vs_1": rates[2] / rates[1],
+        "examples_per_second_1_worker": median["1 worker"],
+        "examples_per_second_2_workers": median["2 workers"],
+        "examples_per_second_2_workers_tf_threads": median["2 workers, TF threads"],
+        "ratio_2_vs_1": median["2 workers"] / median["1 worker"],
+        "ratio_2_tf_threads_vs_1": median["2 workers, TF threads"] / median["1 worker"],
+        "rounds": rates,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -170,7 +188,8 @@ def main() -> None:
             print(
                 f"throughput      2 workers = {row['ratio_2_vs_1']:.2f}x 1 worker "
                 f"({row['examples_per_second_2_workers']:.0f} vs "
-                f"{row['examples_per_second_1_worker']:.0f} examples/s)"
+                f"{row['examples_per_second_1_worker']:.0f} examples/s); with TensorFlow's "
+                f"own thread sizing {row['ratio_2_tf_threads_vs_1']:.2f}x"
             )
         else:
             print(

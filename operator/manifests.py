@@ -16,6 +16,7 @@ from typing import Any
 from kubetrain.trainer.api import tfconfig
 from kubetrain.trainer.api.entrypoints import (
     ATTEMPT_ENV,
+    CPUS_ENV,
     DATA_CACHE_ENV,
     JOB_ENV,
     WORKER_COMMAND,
@@ -254,6 +255,17 @@ def worker_pod(
             },
             {"name": JOB_ENV, "value": job_document(job)},
             {"name": ATTEMPT_ENV, "value": str(attempt)},
+            # Its CPU limit in whole cores, rounded up (the node's cores when it has none).
+            {
+                "name": CPUS_ENV,
+                "valueFrom": {
+                    "resourceFieldRef": {
+                        "containerName": WORKER_CONTAINER,
+                        "resource": "limits.cpu",
+                        "divisor": "1",
+                    }
+                },
+            },
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": DATA_CACHE_ENV, "value": DATA_CACHE},
             *access["env"],

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .api.entrypoints import (
     ATTEMPT_ENV,
+    CPUS_ENV,
     TERMINATION_LOG_ENV,
     WORKER,
     s3_environment,
@@ -77,6 +78,11 @@ _PORTS_LOCK = threading.Lock()
 _HANDED_OUT: set[int] = set()
 """Ports this process gave to workers: trials started side by side never share one, though
 the first trial's workers may not have bound theirs yet when the next asks."""
+
+
+def cores_per_worker(processes: int) -> int:
+    """This machine's cores (those this process may run on) shared among `processes`."""
+    return max(len(os.sched_getaffinity(0)) // processes, 1)
 
 
 def free_ports(count: int) -> list[int]:
@@ -162,6 +168,7 @@ class LocalJob:
         replicas: int,
         storage_env: dict[str, str],
         attempt: int = 0,
+        cores: int = 1,
     ) -> None:
         self.records: queue.Queue[tuple[int, Record]] = queue.Queue()
         self.processes: list[subprocess.Popen[str]] = []
@@ -171,6 +178,7 @@ class LocalJob:
         for index in range(replicas):
             env = {**os.environ, **storage_env, TF_CONFIG: tf_config(addresses, index)}
             env[ATTEMPT_ENV] = str(attempt)  # as the operator numbers them (fencing)
+            env[CPUS_ENV] = os.environ.get(CPUS_ENV) or str(cores)  # "0": TensorFlow's own
             env[TERMINATION_LOG_ENV] = str(logs / f"worker-{index}.termination")
             with open(logs / f"worker-{index}.log", "a") as log:
                 process = subprocess.Popen(
@@ -253,11 +261,12 @@ def run_job(
     display: Display | None = None,
     watch: Watch | None = None,
     stop: threading.Event | None = None,
+    side_by_side: int = 1,
 ) -> Result:
     """Run one spec's workers to the end, restarting them all on failure; return the chief's
     result. `workdir` (local) takes the job file and logs, `state` (local or a store) the
     checkpoints and result.json, `model_root` the exported model. Setting `stop` kills the
-    workers and raises Stopped.
+    workers and raises Stopped. `side_by_side` jobs of this size share the machine's cores.
     """
     display = display or Display()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -267,10 +276,12 @@ def run_job(
     job_file.write_text(job.model_dump_json(by_alias=True, indent=2))
     policy = job.spec.run_policy
     deadline = time.monotonic() + (policy.active_deadline_seconds or float("inf"))
+    replicas = job.spec.workers.replicas
+    cores = cores_per_worker(replicas * side_by_side)
     restarts = 0
     while True:
         attempt = LocalJob(
-            job_file, workdir, state, model_root, job.spec.workers.replicas, storage_env, restarts
+            job_file, workdir, state, model_root, replicas, storage_env, restarts, cores
         )
         try:
             outcome = _supervise(attempt, display, deadline, watch, stop)
@@ -397,6 +408,7 @@ def run_trials(job: TrainingJob, workdir: Path) -> tuple[Result, Study]:
                 display,
                 watch(index),
                 stops[index],
+                side_by_side=job.spec.trials.parallelism,
             )
             outcome = trials.TrialState.SUCCEEDED
         except Stopped:

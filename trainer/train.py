@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoints
+from .api.entrypoints import CPUS_ENV
 from .api.layout import RESULT_FILE, Layout
 from .api.records import Batch, Epoch, Result, Resumed, Start, emit
 from .api.spec import SpecError, TrainingJob
@@ -292,9 +293,21 @@ def _validation_batches(count: int, global_batch: int, workers: int) -> tuple[in
     return batch, count // batch
 
 
+def size_threads(cores: str | None) -> int | None:
+    """Size TensorFlow's thread pools to the cores this worker has (CPUS_ENV); None leaves
+    them at every core of the machine. Must run before TensorFlow starts its runtime."""
+    if not cores or not cores.isdigit() or int(cores) < 1:
+        return None
+    threads = int(cores)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return threads
+
+
 def train(job: TrainingJob, layout: Layout) -> Result | None:
     """Train as this worker; the chief returns the run's result, the others None."""
     cluster = Cluster.from_env()
+    threads = size_threads(os.environ.get(CPUS_ENV))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     spec = job.spec
     keras.utils.set_random_seed(spec.training.seed)
@@ -338,6 +351,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
             train_examples=len(parts.train),
             shard_examples=len(own_train),
             validation_examples=len(used_val),
+            threads=threads,
         )
     )
 

@@ -16,6 +16,7 @@ from kubetrain.operator.manifests import (
     worker_network_policy,
     worker_pod,
 )
+from kubetrain.trainer.api.entrypoints import CPUS_ENV
 from kubetrain.trainer.api.spec import parse_job
 from trainingjobs import body, job
 
@@ -26,7 +27,7 @@ def pods(b: dict, attempt: int = 0) -> list[dict]:
 
 
 def env(pod: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
 
 def test_tf_config_names_every_worker_by_its_stable_dns_name_and_its_own_index():
@@ -53,6 +54,18 @@ def test_the_worker_reads_back_the_same_job_from_its_environment():
     document = json.loads(env(pods(b)[0])["KUBETRAIN_JOB"])
     assert document["metadata"] == {"name": "mnist", "namespace": "ml"}
     assert parse_job(document).spec == job(b).spec
+
+
+def test_a_worker_sizes_its_threads_to_its_cpu_limit_not_to_the_nodes_cores():
+    worker = pods(body(workers={"resources": {"limits": {"cpu": "1500m"}}}))[0]
+    container = worker["spec"]["containers"][0]
+    cores = next(e for e in container["env"] if e["name"] == CPUS_ENV)
+    # Kubernetes hands the limit over rounded up to whole cores (2 here).
+    assert cores["valueFrom"]["resourceFieldRef"] == {
+        "containerName": container["name"],
+        "resource": "limits.cpu",
+        "divisor": "1",
+    }
 
 
 def test_pods_are_owned_by_the_job_and_restarted_only_by_the_operator():

@@ -115,7 +115,7 @@ def test_apply_creates_the_headless_service_and_workers_that_can_find_each_other
     assert service["spec"]["clusterIP"] == "None"
     for pod in pods(ns, "mnist"):
         index = int(pod["metadata"]["labels"]["kubetrain.io/worker-index"])
-        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         config = json.loads(env["TF_CONFIG"])
         assert config["task"] == {"type": "worker", "index": index}
         assert config["cluster"]["worker"] == [

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from kubetrain.trainer.api.records import Epoch, Record, Start
 from kubetrain.trainer.api.spec import parse_job
-from kubetrain.trainer.runner import Display, JobFailed, run_local
+from kubetrain.trainer.runner import Display, JobFailed, cores_per_worker, run_local
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,8 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(
 
     starts = {w: recorder.of(w, "start")[0] for w in (0, 1)}
     assert starts[0]["shardExamples"] + starts[1]["shardExamples"] == starts[0]["trainExamples"]
+    # The machine's cores are shared between the two, not each given all of them.
+    assert starts[0]["threads"] == starts[1]["threads"] == cores_per_worker(2)
 
     best = max(chief, key=lambda r: r["metrics"]["val_accuracy"])
     assert result.best_epoch == best["epoch"]
@@ -123,3 +125,10 @@ def test_a_job_that_keeps_failing_stops_at_the_backoff_limit(
 
     with pytest.raises(JobFailed, match=r"BackoffLimitExceeded.*backoffLimit=1"):
         run_local(parse_job(job_document), tmp_path, display=KillEveryAttempt())
+
+
+def test_cores_are_shared_among_workers_but_never_fewer_than_one_each() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert cores_per_worker(1) == cores
+    assert cores_per_worker(cores) == 1
+    assert cores_per_worker(cores * 4) == 1

@@ -31,6 +31,11 @@ JOB_ENV = "KUBETRAIN_JOB"
 """The TrainingJob (name, namespace and spec) as JSON, for a worker without `--job`."""
 ATTEMPT_ENV = "KUBETRAIN_ATTEMPT"
 """Which job-level attempt a worker pod belongs to (0, then one more per restart)."""
+CPUS_ENV = "KUBETRAIN_CPUS"
+"""The cores a worker may use. TensorFlow sizes its thread pools to every core of the machine,
+so workers sharing one (local processes, pods on a node) would each take them all; the runner
+divides the machine's cores among its workers (unless this is set; 0 leaves TensorFlow's
+sizing), a pod gets its CPU limit (the Downward API)."""
 TERMINATION_LOG = "/dev/termination-log"
 """Where Kubernetes takes a container's termination message from (the pod's default)."""
 TERMINATION_LOG_ENV = "KUBETRAIN_TERMINATION_LOG"

@@ -54,6 +54,8 @@ class Start(_Record):
     train_examples: int
     shard_examples: int
     validation_examples: int
+    threads: int | None = None
+    """TensorFlow's threads per pool, sized to the worker's cores; None: every core's."""
 
 
 class Resumed(_Record):
