@@ -32,7 +32,8 @@ if [[ -n ${nodes} ]]; then
 fi
 
 # The kubelet first, so nothing restarts the pods we are about to kill.
-for c in kubelet kube-router local-path-provisioner coredns versitygw kube-proxy kube-scheduler kube-controller-manager; do
+for c in kubelet kube-router local-path-provisioner coredns versitygw metrics-server kube-proxy \
+  kube-scheduler kube-controller-manager; do
   stop "${c}"
 done
 
@@ -65,6 +66,13 @@ stop containerd
 
 for c in kube-apiserver etcd; do
   stop "${c}"
+done
+# Anything else up.sh recorded (a component added to up.sh and not to the lists above): a
+# process left behind would hold its port against the next start.
+for pidfile in "${KT_RUN}"/*.pid; do
+  [[ -f ${pidfile} ]] || continue
+  name="${pidfile##*/}"
+  stop "${name%.pid}"
 done
 
 # The KUBE-* chains kube-proxy and the kubelet made, in every table.
