@@ -121,12 +121,6 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
     return BUILDERS[architecture](tuple(input_shape), num_classes)
 
 
-STEPS_PER_EXECUTION = 8
-"""Training steps per call into TensorFlow's graph: fewer returns to Python between tiny
-steps (+16% examples/s for 2 workers and +3% for 1 on MNIST dense, measured side by side in
-bench/trainer_accuracy.py's throughput case); callbacks see every 8th batch."""
-
-
 def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | None = None) -> None:
     """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given.
 
@@ -139,7 +133,6 @@ def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | N
         else learning_rate
     )
     model.compile(
-        steps_per_execution=STEPS_PER_EXECUTION,
         optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
