@@ -61,7 +61,8 @@ for t in threads:
 for t in threads:
     t.join()
 seen = sorted(v for v in versions if v)
-print(json.dumps({**counts, "versions": seen, "timeline": timeline[:8] + timeline[-4:]}))
+shown = timeline if len(timeline) <= 12 else timeline[:8] + timeline[-4:]  # no entry twice
+print(json.dumps({**counts, "versions": seen, "timeline": shown}))
 """
 
 
