@@ -183,6 +183,30 @@ kt_start() {
   echo $! >"${KT_RUN}/${name}.pid"
 }
 
+# kt_start_proxy NAME CONFIG [PREFIX...]: kube-proxy (PREFIX runs it in a node's netns), and
+# wait until its first sync translates the API server's own Service. That sync fails if
+# another writer rewrites the filter table at the same moment ("Chain 'KUBE-SERVICES' does not
+# exist"), and kube-proxy was seen never to retry it, leaving every Service address
+# unreachable; so kube-router starts only after this, and a proxy with no rules is restarted.
+kt_proxy_synced() { "$@" iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q 'default/kubernetes:https cluster IP'; }
+kt_start_proxy() {
+  local name=$1 config=$2 attempt deadline
+  shift 2
+  for attempt in 1 2 3; do
+    kt_start "${name}" "$@" kube-proxy --config "${config}"
+    deadline=$((SECONDS + 30))
+    until kt_proxy_synced "$@"; do
+      ((SECONDS < deadline)) || break
+      sleep 0.5
+    done
+    kt_proxy_synced "$@" && return 0
+    log "${name} wrote no Service rules in 30 s (attempt ${attempt}); restarting it"
+    tail -n 5 "${KT_LOGS}/${name}.log" >&2 || true
+    kt_stop "${name}"
+  done
+  die "${name} never wrote its Service rules; logs in ${KT_LOGS}/${name}.log"
+}
+
 # kt_wait_for WHAT SECONDS CMD...: poll until CMD succeeds; on timeout show the logs and exit.
 kt_wait_for() {
   local what=$1 timeout=$2

@@ -163,7 +163,7 @@ node_boot() {
   kt_start "${name}/kubelet" "${in_node[@]}" kubelet --config "${cfg}/kubelet.yaml" \
     --kubeconfig "${KT_PKI}/kubelet-${name}.kubeconfig" --root-dir "${state}/kubelet" \
     --hostname-override "${name}" --node-ip "${ip}"
-  kt_start "${name}/kube-proxy" "${in_node[@]}" kube-proxy --config "${cfg}/kube-proxy.yaml"
+  kt_start_proxy "${name}/kube-proxy" "${cfg}/kube-proxy.yaml" "${in_node[@]}"
 }
 
 # node_enforce: once the node is Ready (kube-router reads its address from the Node), its

@@ -188,7 +188,7 @@ nodePortAddresses: [${KT_POD_CIDR}]
 conntrack: {maxPerCore: 0}
 iptables: {localhostNodePorts: false}
 YAML
-kt_start kube-proxy kube-proxy --config "${cfg}/kube-proxy.yaml"
+kt_start_proxy kube-proxy "${cfg}/kube-proxy.yaml"
 
 cat >"${cfg}/Corefile" <<COREFILE
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
