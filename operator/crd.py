@@ -23,9 +23,11 @@ from kubetrain.trainer.api.spec import (
     KIND,
     MAX_NAME_LENGTH,
     MAX_TENSORBOARD_JOB_NAME_LENGTH,
+    MAX_TRIALS_JOB_NAME_LENGTH,
     OBJECT_STORE_URI,
     PLURAL,
     TENSORBOARD_SUFFIX,
+    TRIAL_SUFFIX,
     TrainingJobSpec,
 )
 from kubetrain.trainer.api.status import TrainingJobStatus
@@ -175,6 +177,13 @@ ROOT_RULES = [
         "reason": "FieldValueInvalid",
     },
     {
+        "rule": "!has(self.spec.trials) || size(self.metadata.name) <= "
+        f"{MAX_TRIALS_JOB_NAME_LENGTH}",
+        "message": f"metadata.name must be at most {MAX_TRIALS_JOB_NAME_LENGTH} characters "
+        f"with spec.trials (each trial is a TrainingJob <name>{TRIAL_SUFFIX}<index>)",
+        "reason": "FieldValueInvalid",
+    },
+    {
         "rule": "!has(self.spec.tensorboard) || !has(self.spec.tensorboard.enabled) || "
         f"!self.spec.tensorboard.enabled || size(self.metadata.name) <= "
         f"{MAX_TENSORBOARD_JOB_NAME_LENGTH}",
@@ -193,6 +202,18 @@ PRINTER_COLUMNS = [
         "description": "Worker pods running / desired.",
     },
     {"name": "Epoch", "type": "string", "jsonPath": ".status.epochProgress"},
+    {
+        "name": "Trials",
+        "type": "string",
+        "jsonPath": ".status.trialsProgress",
+        "description": "With spec.trials: trials ended / count.",
+    },
+    {
+        "name": "Best",
+        "type": "integer",
+        "jsonPath": ".status.bestTrial",
+        "description": "With spec.trials: the best trial so far.",
+    },
     {
         "name": "Accuracy",
         "type": "number",

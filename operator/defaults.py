@@ -29,15 +29,8 @@ class JobDefaults:
     """`spec.storage` when the job names neither a claim nor a store."""
 
     def apply(self, job: TrainingJob) -> TrainingJob:
-        """The job as the operator runs it; raises SpecError when it still lacks storage, or
-        asks for what only `kubetrain run` does (trials)."""
+        """The job as the operator runs it; raises SpecError when it still lacks storage."""
         spec = job.spec
-        if spec.trials is not None:
-            raise SpecError(
-                "spec.trials: trials run with `kubetrain run` for now; this operator does not "
-                "run them yet (it would train one configuration and ignore the rest): remove "
-                "spec.trials, or run the file on one machine with kubetrain run"
-            )
         workers = spec.workers
         if workers.image is None:
             workers = workers.model_copy(update={"image": self.image})

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubetrain.operator import metrics, promotion, reconcile, serving, tensorboard
+from kubetrain.operator import metrics, promotion, reconcile, serving, tensorboard, trials
 from kubetrain.operator.kube import (
     COLLECTIONS,
     ApiError,
@@ -244,12 +244,17 @@ def _reconcile_key(queue: WorkQueue, key: Key) -> None:
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-async def job_changed(namespace: str, name: str, type: str | None, **_: Any) -> None:
-    """A job was created or changed (its status too): reconcile it."""
+async def job_changed(
+    namespace: str, name: str, type: str | None, labels: kopf.Labels, **_: Any
+) -> None:
+    """A job was created or changed (its status too): reconcile it, and the job it is a
+    trial of."""
     if type == "DELETED":
         runtime().queue.forget((namespace, name))
     else:
         runtime().queue.add((namespace, name))
+    if parent := labels.get(trials.LABEL_TRIAL_OF):
+        runtime().queue.add((namespace, parent))
 
 
 @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT})
@@ -352,6 +357,32 @@ def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) ->
     return progress_update(status, epoch_records(text), metric)
 
 
+def _trials_plan(
+    body: dict[str, Any], job: TrainingJob, status: dict[str, Any], now: datetime
+) -> reconcile.Plan:
+    """A job with spec.trials while it trains: its trials' jobs observed, created, stopped.
+
+    Trial jobs are created before the status that counts them is written: a lost status
+    update leaves a job that the next tick adopts, never a trial counted and not running.
+    """
+    from kubetrain.trainer.trials import candidates  # scikit-learn loads only for trials
+
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    selector = f"{trials.LABEL_TRIAL_OF}={name}"
+    listed = kube().request("GET", trainingjob_path(namespace), query={"labelSelector": selector})[
+        "items"
+    ]
+    seen = [t for t in map(trials.summarize, listed) if t["owner"] == meta["uid"]]
+    drawn = candidates(job)
+    plan = trials.plan(job, drawn, status, seen, now, meta.get("generation"))
+    for index in plan.create_trials:
+        kube().create(trainingjob_path(namespace), trials.trial_job(body, drawn[index]))
+    for trial in plan.delete_trials:
+        kube().delete(trainingjob_path(namespace, trial))
+    return plan
+
+
 def _promote(
     body: dict[str, Any], job: TrainingJob, status: dict[str, Any], now: datetime
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
@@ -452,6 +483,24 @@ def _patch_status(path: str, status: dict[str, Any]) -> bool:
     return True
 
 
+def _workers(
+    raw: dict[str, Any], job: TrainingJob, status: dict[str, Any]
+) -> tuple[list[dict[str, Any]], frozenset[str], reconcile.Problem | None]:
+    """The job's worker pods, the lost nodes among theirs, and what keeps it from starting."""
+    meta = raw["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    restarts = int(status.get("restarts") or 0)
+    pods = reconcile.owned_pods(_indexed_pods(namespace, name), uid)
+    if status.get("launchedAttempt") == restarts and not reconcile.is_finished(job.spec, status):
+        seen = {p["index"] for p in pods if p["attempt"] == restarts}
+        if len(seen) < job.spec.workers.replicas:
+            pods = reconcile.owned_pods(_list_pods(namespace, name), uid)
+    problem = None
+    if status.get("phase") in (None, Phase.PENDING) and status.get("launchedAttempt") is None:
+        problem = _problem(job, namespace)
+    return pods, _lost_nodes(pods), problem
+
+
 def reconcile_job(namespace: str, name: str) -> float | None:
     """Level-triggered: re-derive the next step from the job as the API server holds it now
     and its pods; carry it out. Returns when to look again (None: when something changes)."""
@@ -478,22 +527,21 @@ def reconcile_job(namespace: str, name: str) -> float | None:
             metrics.record(namespace, status, {**status, **update.status})
         return None
 
-    restarts = int(status.get("restarts") or 0)
-    uid = raw["metadata"]["uid"]
-    pods = reconcile.owned_pods(_indexed_pods(namespace, name), uid)
-    if status.get("launchedAttempt") == restarts and not reconcile.is_finished(job.spec, status):
-        seen = {p["index"] for p in pods if p["attempt"] == restarts}
-        if len(seen) < job.spec.workers.replicas:
-            pods = reconcile.owned_pods(_list_pods(namespace, name), uid)
-    problem = None
-    if status.get("phase") in (None, Phase.PENDING) and status.get("launchedAttempt") is None:
-        problem = _problem(job, namespace)
     generation = raw["metadata"].get("generation")
-    lost = _lost_nodes(pods)
-    plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
+    pods: list[dict[str, Any]] = []
+    lost: frozenset[str] = frozenset()
+    if job.spec.trials is not None and status.get("phase") not in reconcile.FINISHED_TRAINING:
+        try:
+            plan = _trials_plan(raw, job, status, now)
+        except SpecError as err:
+            plan = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
+    else:
+        pods, lost, problem = _workers(raw, job, status)
+        plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
 
     if plan.create:
-        problem = _create_workers(raw, job, plan.create, int(plan.status.get("restarts", restarts)))
+        attempt = int(plan.status.get("restarts", status.get("restarts") or 0))
+        problem = _create_workers(raw, job, plan.create, attempt)
         if problem is not None:
             plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
     succeeded_now = (

@@ -189,8 +189,10 @@ def pvc_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
 
 
-def trainingjob_path(namespace: str, name: str) -> str:
-    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+def trainingjob_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}" + (
+        f"/{name}" if name else ""
+    )
 
 
 def lease_path(namespace: str, name: str) -> str:

@@ -57,6 +57,10 @@ class Plan:
     """Training succeeded and promotion is due or under way."""
     delete_job: bool = False
     """`ttlSecondsAfterFinished` has passed."""
+    create_trials: list[int] = field(default_factory=list)
+    """With spec.trials: the trials whose TrainingJobs to create."""
+    delete_trials: list[str] = field(default_factory=list)
+    """With spec.trials: trial TrainingJobs to delete (stopped early, or the job failed)."""
     tensorboard: TensorBoardAction | None = None
     """Create or delete the job's TensorBoard (`tensorboard.action`); the handler records
     the outcome in `status.tensorboard`."""
@@ -165,7 +169,7 @@ def _describe_failure(pod: dict[str, Any]) -> str:
     return f"{pod['name']} {what}{tail}"
 
 
-class _Builder:
+class StatusBuilder:
     """Accumulates a new status and the actions that go with it."""
 
     def __init__(self, status: dict[str, Any], now: datetime) -> None:
@@ -206,7 +210,7 @@ class _Job:
     status: dict[str, Any]
     pods: list[dict[str, Any]]
     now: datetime
-    b: _Builder
+    b: StatusBuilder
     restarts: int = 0
     current: list[dict[str, Any]] = field(default_factory=list)
     """This attempt's pods."""
@@ -441,7 +445,7 @@ def _tensorboard(
     name: str,
     status: dict[str, Any],
     generation: int | None,
-    b: _Builder,
+    b: StatusBuilder,
 ) -> None:
     """Whatever the phase: create or delete the job's TensorBoard as its spec asks, or say
     once per spec change why it cannot have one."""
@@ -477,7 +481,7 @@ def plan(
     deadline, a problem, a restart under way, a permanent error, the chief's success, a
     failed worker; otherwise the missing workers are launched.
     """
-    b = _Builder(status, now)
+    b = StatusBuilder(status, now)
     if generation is not None:
         b.new["observedGeneration"] = generation
     _tensorboard(spec, name, status, generation, b)
@@ -581,7 +585,7 @@ def requeue_after(
 
 def reject(status: dict[str, Any], reason: Reason, message: str, now: datetime) -> Plan:
     """A job whose spec does not parse (the schema let it through): Failed, Valid=False."""
-    b = _Builder(status, now)
+    b = StatusBuilder(status, now)
     if status.get("phase") != Phase.FAILED:
         b.fail(ConditionType.VALID, reason, message)
     return b.finish()

@@ -96,9 +96,13 @@ def progress_update(status: dict[str, Any], records: list[Epoch], metric: str) -
     update: dict[str, Any] = {}
     best = dict(status.get("bestCheckpoint") or {})
     best_metrics = dict(status.get("bestMetrics") or {})
+    history = list(status.get("metricHistory") or [])
     for record in records:
         values = metric_values(record.metrics)
         value = values.get(metric)
+        if value is not None and record.epoch <= len(history) + 1:
+            # An epoch trained again after a restart replaces what followed it.
+            history = [*history[: record.epoch - 1], value]
         if value is not None and (
             not best
             or record.epoch == best.get("epoch")
@@ -112,6 +116,7 @@ def progress_update(status: dict[str, Any], records: list[Epoch], metric: str) -
     update["epochProgress"] = f"{last.epoch}/{last.total_epochs}"
     update["metrics"] = metric_values(last.metrics)
     update["examplesPerSecond"] = last.examples_per_second
+    update["metricHistory"] = history
     if best:
         update["bestCheckpoint"] = best
         update["bestMetrics"] = best_metrics

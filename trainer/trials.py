@@ -33,6 +33,8 @@ from .api.spec import (
 
 
 class TrialState(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     EARLY_STOPPED = "EarlyStopped"
     FAILED = "Failed"
@@ -194,16 +196,17 @@ def best_trial(metric: str, outcomes: Sequence[TrialOutcome]) -> TrialOutcome | 
     return best
 
 
+def rank(metric: str, value: float | None, index: int) -> tuple[int, float, int]:
+    """A sort key for trial `index` whose best `metric` is `value`: best first, then by
+    index; trials without a value (failed before an epoch) last."""
+    if value is None or math.isnan(value):
+        return 1, 0.0, index
+    return 0, (value if lower_is_better(metric) else -value), index
+
+
 def ranked(metric: str, outcomes: Sequence[TrialOutcome]) -> list[TrialOutcome]:
     """Best metric first; trials without one (failed before an epoch) last."""
-    sign = 1 if lower_is_better(metric) else -1
-
-    def key(o: TrialOutcome) -> tuple[int, float, int]:
-        if o.best_metric is None or math.isnan(o.best_metric):
-            return 1, 0.0, o.index
-        return 0, sign * o.best_metric, o.index
-
-    return sorted(outcomes, key=key)
+    return sorted(outcomes, key=lambda o: rank(metric, o.best_metric, o.index))
 
 
 def leaderboard(study: Study) -> str:

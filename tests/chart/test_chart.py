@@ -174,7 +174,10 @@ def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 # Every (group, resource, verb) the operator's code and kopf use in a watched namespace.
 OPERATOR_GRANTS = {
-    *{("kubetrain.io", "trainingjobs", v) for v in ("get", "list", "watch", "patch", "delete")},
+    *{
+        ("kubetrain.io", "trainingjobs", v)
+        for v in ("get", "list", "watch", "create", "patch", "delete")
+    },
     ("kubetrain.io", "trainingjobs/status", "patch"),
     ("kubetrain.io", "trainingjobs/finalizers", "update"),
     *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},

@@ -32,6 +32,7 @@ cluster = tfconfig.Cluster.from_env()
 attempt = int(os.environ[entrypoints.ATTEMPT_ENV])
 job = parse_job(json.loads(os.environ[entrypoints.JOB_ENV]))
 total = job.spec.training.epochs
+plan.update((plan.get("byLearningRate") or {}).get(repr(job.spec.training.learning_rate), {}))
 
 def finish(code, message):
     try:
@@ -153,11 +154,14 @@ def worker_command(
     stop: dict[str, Any] | None = None,
     export: bool = True,
     loadable: bool = True,
+    by_learning_rate: dict[float, dict[str, Any]] | None = None,
 ) -> list[str]:
     """python3 running WORKER with its plan.
 
     `stop` = {index, epoch, code, attempts?, message?}: that worker exits with `code` at the
-    end of `epoch` (in the listed attempts, or every attempt).
+    end of `epoch` (in the listed attempts, or every attempt). `by_learning_rate`: plan
+    entries (`valAccuracy`, `version`, `stop`, ...) for jobs with that learning rate, as the
+    trials of one job have.
     """
     plan = {
         "epochSeconds": epoch_seconds,
@@ -166,6 +170,7 @@ def worker_command(
         "stop": stop,
         "export": export,
         "loadable": loadable,
+        "byLearningRate": {repr(k): v for k, v in (by_learning_rate or {}).items()},
     }
     return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{UNLOADABLE}{WORKER}"]
 

@@ -96,7 +96,9 @@ def test_every_printer_column_points_into_the_status_schema():
         for part in path:
             node = node.get("properties", {}).get(part) or node.get("additionalProperties")
             assert node, column
-        expected = {"string": "string", "number": "number", "date": "string"}[column["type"]]
+        expected = {"string": "string", "number": "number", "integer": "integer", "date": "string"}[
+            column["type"]
+        ]
         assert node["type"] == expected, column
 
 

@@ -94,10 +94,3 @@ def test_a_bad_default_storage_stops_the_operator_naming_the_variable(monkeypatc
     with pytest.raises(ValueError, match="KUBETRAIN_DEFAULT_STORAGE") as err:
         Settings()
     assert expected in str(err.value)
-
-
-def test_a_job_with_trials_is_refused_until_the_operator_runs_them():
-    b = body(trials={"count": 2, "parameters": {"training.learningRate": {"values": [0.1, 0.01]}}})
-    with pytest.raises(SpecError) as err:
-        job(b)
-    assert str(err.value).startswith("spec.trials: trials run with `kubetrain run` for now")

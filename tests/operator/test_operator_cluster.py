@@ -517,3 +517,66 @@ def test_a_job_in_object_storage_trains_and_serves_with_no_volume_at_all(ns: Kub
     listing = bucket_listing(s3, f"{s3['KUBETRAIN_S3_BUCKET']}/{ns.namespace}")
     assert f"{ns.namespace}/models/digits/1/metadata.json" in listing, listing
     assert f"{ns.namespace}/jobs/stored/epoch" in listing, listing
+
+
+# --- trials -----------------------------------------------------------------------------------
+
+
+def test_trials_run_as_jobs_of_their_own_and_the_best_ones_model_is_promoted(ns: Kubectl):
+    weak, best, broken = 0.1, 0.01, 0.001
+    worker = worker_command(
+        epoch_seconds=2,
+        by_learning_rate={
+            weak: {"valAccuracy": 0.70, "version": 1},
+            best: {"valAccuracy": 0.95, "version": 2},
+            broken: {
+                "version": 3,
+                "stop": {"index": 0, "epoch": 1, "code": EXIT_PERMANENT, "message": "bad data"},
+            },
+        },
+    )
+    trials = {
+        "count": 3,
+        "parallelism": 2,
+        "algorithm": "grid",
+        "parameters": {"training.learningRate": {"values": [weak, best, broken]}},
+        "earlyStopping": {"medianStop": {"minTrials": 1}},
+    }
+    with operator(ns, worker):
+        ns.apply(
+            trainingjob(
+                "search",
+                training={"epochs": 6},
+                workers={"replicas": 1},
+                trials=trials,
+                promotion={"enabled": True, "deployment": "digits-serving", "replicas": 1},
+            )
+        )
+        running = ns.wait_for("tj search", lambda t: t.get("status", {}).get("trials"), timeout=60)
+        children = ns.json("get", "tj", "-l", "kubetrain.io/trial-of=search")["items"]
+        assert sorted(c["metadata"]["name"] for c in children) == ["search-t0", "search-t1"]
+        owner = children[0]["metadata"]["ownerReferences"][0]
+        assert owner["uid"] == running["metadata"]["uid"]
+        done = ns.wait_for("tj search", phase_in("Promoted", "Failed"), timeout=300)
+        table = ns("get", "tj", "search").stdout
+    status = done["status"]
+    assert status["phase"] == "Promoted", json.dumps(status, indent=1)
+    assert status["served"] == "digits-serving:2"
+    assert status["bestTrial"] == 1
+    assert status["trialsProgress"] == "3/3"
+    board = {r["index"]: r for r in status["trials"]}
+    assert board[1]["state"] == "Succeeded"
+    assert board[0]["state"] == "EarlyStopped", board[0]
+    assert board[2]["state"] == "Failed"
+    assert "bad data" in board[2]["message"]
+    assert status["trials"][0]["index"] == 1  # best first
+    assert "3/3" in table
+    assert serving_version(ns) == "2"
+    assert condition(done, "Succeeded")["reason"] == "BestTrial"
+    reasons = [r for r, _ in events(ns, "search")]
+    assert {"TrialStarted", "TrialStopped", "TrialFailed", "TrialSucceeded"} <= set(reasons)
+    # The stopped trial's job is gone; deleting the job takes the rest and their pods.
+    assert "search-t0" not in ns("get", "tj", "-o", "name").stdout
+    ns("delete", "tj", "search", "--wait=true")
+    ns.wait_for("tj -l kubetrain.io/trial-of=search", lambda t: not t["items"], timeout=60)
+    ns.wait_for("pods -l kubetrain.io/role=worker", lambda p: not p["items"], timeout=60)

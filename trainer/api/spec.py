@@ -30,6 +30,10 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 MAX_NAME_LENGTH = 52
 """`<name>-worker-<index>` must stay a valid 63-character DNS label."""
+MAX_TRIALS = 1000
+TRIAL_SUFFIX = "-t"
+"""On Kubernetes each trial is a TrainingJob of its own, `<name>-t<index>`, owned by the job."""
+MAX_TRIALS_JOB_NAME_LENGTH = MAX_NAME_LENGTH - len(TRIAL_SUFFIX) - len(str(MAX_TRIALS - 1))
 
 # Names that end up in object names or API URLs, checked as the API server would check them,
 # so that a job author cannot reach outside their namespace with a path (`../kube-system`).
@@ -441,9 +445,13 @@ class EarlyStopping(_Model):
 class Trials(_Model):
     """Several candidates of this spec, each trained as a job of its own; the best is exported."""
 
-    count: int = Field(ge=1, le=1000, description="How many candidates to train.")
+    count: int = Field(ge=1, le=MAX_TRIALS, description="How many candidates to train.")
     parallelism: int = Field(
-        1, ge=1, le=64, description="How many train at once (`kubetrain run`, one machine)."
+        1,
+        ge=1,
+        le=64,
+        description="How many train at once (on Kubernetes, how many trial TrainingJobs "
+        "run side by side).",
     )
     algorithm: Algorithm = Field(
         Algorithm.RANDOM,
@@ -520,8 +528,8 @@ class TrainingJobSpec(_Model):
     tensorboard: TensorBoard = Field(default_factory=TensorBoard)
     trials: Trials | None = Field(
         None,
-        description="Train several candidates of this spec and export the best (with "
-        "`kubetrain run`; the operator refuses a job with trials for now).",
+        description="Train several candidates of this spec and export the best (on "
+        "Kubernetes each trial is a TrainingJob `<name>-t<index>` owned by this one).",
     )
 
     @model_validator(mode="after")

@@ -77,6 +77,14 @@ class Reason(StrEnum):
     ROLLOUT_FAILED = "RolloutFailed"
     PROMOTION_REFUSED = "PromotionRefused"
     PROMOTION_RETRYING = "PromotionRetrying"
+    # Trials (a job with spec.trials)
+    TRIALS_RUNNING = "TrialsRunning"
+    BEST_TRIAL = "BestTrial"
+    NO_TRIAL_SUCCEEDED = "NoTrialSucceeded"
+    TRIAL_STARTED = "TrialStarted"
+    TRIAL_SUCCEEDED = "TrialSucceeded"
+    TRIAL_STOPPED = "TrialStopped"
+    TRIAL_FAILED = "TrialFailed"
     # Events: the job's TensorBoard
     TENSORBOARD_CREATED = "TensorBoardCreated"
     TENSORBOARD_DELETED = "TensorBoardDeleted"
@@ -141,6 +149,23 @@ class TensorBoardEndpoint(_Status):
     port: int = Field(description="Its port, TensorBoard's.")
 
 
+class TrialStatus(_Status):
+    """One trial of a job with `spec.trials`: a row of the leaderboard."""
+
+    index: int
+    job: str = Field(description="Its TrainingJob, `<name>-t<index>`.")
+    parameters: str = Field(description="The values drawn for it, `path=value` pairs.")
+    state: str = Field(description="Pending, Running, Succeeded, EarlyStopped or Failed.")
+    epochs: int = Field(0, description="Epochs it reported.")
+    best_metric: float | None = Field(None, description="Its best spec.training.metric.")
+    history: list[float] = Field(
+        default_factory=list,
+        description="spec.training.metric after each epoch, for the median stopping rule.",
+    )
+    model: ModelRef | None = Field(None, description="The model it exported, once it succeeded.")
+    message: str | None = Field(None, description="Why it stopped early or failed.")
+
+
 class TrainingJobStatus(_Status):
     """What `status` may hold; the CRD's status schema is generated from it."""
 
@@ -170,6 +195,16 @@ class TrainingJobStatus(_Status):
     start_time: str | None = None
     completion_time: str | None = None
     promotion_start_time: str | None = None
+    metric_history: list[float] = Field(
+        default_factory=list, description="spec.training.metric after each epoch, in order."
+    )
+    trials: list[TrialStatus] = Field(
+        default_factory=list, description="With spec.trials: every trial, best first."
+    )
+    trials_progress: str | None = Field(
+        None, description="`finished/count` trials, for kubectl get."
+    )
+    best_trial: int | None = Field(None, description="The index of the best trial so far.")
     tensorboard: TensorBoardEndpoint | None = Field(
         None, description="The job's TensorBoard, once created (`spec.tensorboard.enabled`)."
     )

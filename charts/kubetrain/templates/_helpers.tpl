@@ -86,10 +86,11 @@ ClusterRole). Derived from the API calls in kubetrain.operator and kopf; nothing
 {{- define "kubetrain.operatorRules" -}}
 # kopf lists and watches TrainingJobs, and patches away the kubetrain.io/operator finalizer
 # that the timer-driven operator added (no handler needs one now); each reconcile reads its
-# job fresh; the operator deletes a finished job after ttlSecondsAfterFinished.
+# job fresh; the operator deletes a finished job after ttlSecondsAfterFinished, and creates
+# and deletes the trial jobs of a job with spec.trials.
 - apiGroups: ["kubetrain.io"]
   resources: ["trainingjobs"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Status is written through the status subresource only.
 - apiGroups: ["kubetrain.io"]
   resources: ["trainingjobs/status"]
