@@ -241,6 +241,9 @@ class ProgressReporter(keras.callbacks.Callback):
 
     def __init__(self, cluster: Cluster, total_epochs: int, steps: int, global_batch: int):
         super().__init__()
+        # Take the batch's metrics as tensors, read only when reported: Keras would otherwise
+        # copy them out of the graph after every step for this callback, waiting for the step.
+        self._supports_tf_logs = True
         self.cluster, self.total_epochs = cluster, total_epochs
         self.steps, self.global_batch = steps, global_batch
         self.first_epoch: int | None = None
@@ -304,11 +307,21 @@ def size_threads(cores: str | None) -> int | None:
     return threads
 
 
+def _strategy(cluster: Cluster) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy across workers. A lone worker trains under the default
+    strategy: MultiWorkerMirroredStrategy with a group of one still runs every step through
+    its collective all-reduce and distributed iterator, which halved one worker's
+    examples/second against plain Keras (`bench/keras_overhead.py`)."""
+    if cluster.count == 1:
+        return tf.distribute.get_strategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
 def train(job: TrainingJob, layout: Layout) -> Result | None:
     """Train as this worker; the chief returns the run's result, the others None."""
     cluster = Cluster.from_env()
     threads = size_threads(os.environ.get(CPUS_ENV))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _strategy(cluster)
     spec = job.spec
     keras.utils.set_random_seed(spec.training.seed)
     started = time.time()
