@@ -61,9 +61,14 @@ def export_model(
     from .tflib import tf
 
     models = Store.open(join(str(model_root), name))
+    # Only what serving needs, the weights and the signature: saving the Keras model itself
+    # also traces and stores its training functions (0.8 s against 0.1 s for mnist-dense,
+    # 2.7 s against 0.4 s for planesnet-cnn), which no server calls.
+    servable = tf.Module()
+    servable.model_variables = list(model.variables)
     with models.scratch("0") as staging:
         tf.saved_model.save(
-            model, str(staging), signatures={SIGNATURE_NAME: serving_function(model)}
+            servable, str(staging), signatures={SIGNATURE_NAME: serving_function(model)}
         )
         shape = {"inputShape": list(model.input_shape[1:])}
         return _publish_next(models, staging, name, {**metadata, **shape}, before_publish)
