@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from wsgiref.simple_server import WSGIServer
 from kubetrain.operator.promotion import GATE_REFUSALS
 from kubetrain.operator.reconcile import FINISHED_TRAINING
 from kubetrain.operator.status import get_condition
+from kubetrain.operator.trials import ENDED as TRIAL_ENDED
 from kubetrain.trainer.api.status import ConditionType, Phase
 from prometheus_client import (
     CollectorRegistry,
@@ -47,6 +49,7 @@ JOBS_SUCCEEDED = "kubetrain_jobs_succeeded_total"
 JOBS_FAILED = "kubetrain_jobs_failed_total"
 JOBS_RESTARTED = "kubetrain_jobs_restarted_total"
 PROMOTIONS = "kubetrain_promotions_total"
+TRIALS_ENDED = "kubetrain_trials_ended_total"
 RECONCILE_SECONDS = "kubetrain_reconcile_duration_seconds"
 QUEUE_DEPTH = "kubetrain_workqueue_depth"
 LEADER = "kubetrain_is_leader"
@@ -58,6 +61,7 @@ JOB_NAMESPACE = "job_namespace"
 REASON = "reason"
 """A condition's reason (`kubetrain.trainer.api.status.Reason`): a fixed set of values."""
 OUTCOME = "outcome"
+STATE = "state"
 RESULT = "result"
 
 
@@ -120,6 +124,12 @@ _promotions = Counter(
     [JOB_NAMESPACE, OUTCOME, REASON],
     registry=REGISTRY,
 )
+_trials_ended = Counter(
+    TRIALS_ENDED,
+    "Trials of jobs with spec.trials that ended, by state: Succeeded, EarlyStopped or Failed.",
+    [JOB_NAMESPACE, STATE],
+    registry=REGISTRY,
+)
 _reconcile_seconds = Histogram(
     RECONCILE_SECONDS,
     "Seconds one reconcile of one job took: reading it, acting, writing its status.",
@@ -150,6 +160,8 @@ class Transitions:
     restarts: int = 0
     promotion: tuple[Outcome, str] | None = None
     """(outcome, reason) when the Promoted condition was set or changed."""
+    trials: tuple[tuple[str, int], ...] = ()
+    """(state, how many) of the trials that ended, by state."""
 
 
 def _condition(status: dict[str, Any], type_: str) -> tuple[str, str] | None:
@@ -178,12 +190,19 @@ def transitions(old: dict[str, Any], new: dict[str, Any]) -> Transitions:
     promoted = _condition(new, ConditionType.PROMOTED)
     if promoted is not None and promoted != _condition(old, ConditionType.PROMOTED):
         promotion = (outcome(*promoted), promoted[1])
+    before = {row["index"]: row.get("state") for row in old.get("trials") or []}
+    ended = Tally(
+        row["state"]
+        for row in new.get("trials") or []
+        if row.get("state") in TRIAL_ENDED and before.get(row["index"]) != row["state"]
+    )
     return Transitions(
         created=was is None and now is not None,
         succeeded=now in TRAINED and was not in TRAINED,
         failed=failed,
         restarts=max(0, int(new.get("restarts") or 0) - int(old.get("restarts") or 0)),
         promotion=promotion,
+        trials=tuple(sorted(ended.items())),
     )
 
 
@@ -200,6 +219,8 @@ def record(namespace: str, old: dict[str, Any], new: dict[str, Any]) -> Transiti
         _jobs_restarted.labels(namespace).inc(changed.restarts)
     if changed.promotion is not None:
         _promotions.labels(namespace, *changed.promotion).inc()
+    for state, count in changed.trials:
+        _trials_ended.labels(namespace, state).inc(count)
     return changed
 
 

@@ -185,6 +185,21 @@ def test_a_promotion_that_ended_for_any_other_reason_failed(reason: Reason):
     assert metrics.outcome("False", reason) == Outcome.FAILED
 
 
+def test_a_trial_that_ends_counts_once_by_how_it_ended():
+    def rows(*states: str) -> dict:
+        return {"trials": [{"index": i, "state": s} for i, s in enumerate(states)]}
+
+    running = rows("Running", "Running", "Pending")
+    one_stopped = rows("Succeeded", "EarlyStopped", "Running")
+    assert transitions(running, one_stopped).trials == (("EarlyStopped", 1), ("Succeeded", 1))
+    assert transitions(one_stopped, one_stopped).trials == ()
+    last_failed = rows("Succeeded", "EarlyStopped", "Failed")
+    assert transitions(one_stopped, last_failed).trials == (("Failed", 1),)
+    ns = "trials-recorded"
+    metrics.record(ns, running, one_stopped)
+    assert count(metrics.TRIALS_ENDED, job_namespace=ns, state="EarlyStopped") == 1
+
+
 # --- the handler counts only what it wrote ---------------------------------------------------
 
 
