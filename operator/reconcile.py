@@ -233,7 +233,8 @@ class _Job:
         """The plan, with the worker counts of `pods` (this attempt's by default)."""
         counted = self.current if pods is None else pods
         completed = self.completed if pods is None else []
-        self.b.new.update(worker_counts(self.replicas, counted, completed))
+        if self.spec.trials is None:  # a job with trials has no workers: its trials do
+            self.b.new.update(worker_counts(self.replicas, counted, completed))
         return self.b.finish()
 
     def fail(self, reason: str, message: str, kill_running: bool = False) -> Plan:

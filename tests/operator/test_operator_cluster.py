@@ -571,6 +571,7 @@ def test_trials_run_as_jobs_of_their_own_and_the_best_ones_model_is_promoted(ns:
     assert "bad data" in board[2]["message"]
     assert status["trials"][0]["index"] == 1  # best first
     assert "3/3" in table
+    assert "0/1" not in table  # a job with trials has no workers of its own
     assert serving_version(ns) == "2"
     assert condition(done, "Succeeded")["reason"] == "BestTrial"
     reasons = [r for r, _ in events(ns, "search")]
