@@ -17,8 +17,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from scipy.stats import loguniform, uniform
-from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from .api.metrics import better, lower_is_better
 from .api.spec import (
@@ -51,6 +49,8 @@ class Candidate:
 
 def _space(distribution: Distribution) -> Any:
     """A parameter's space as scikit-learn's samplers take it: a list or a scipy distribution."""
+    from scipy.stats import loguniform, uniform  # loaded only when candidates are drawn
+
     if distribution.values is not None:
         return distribution.values
     if distribution.uniform is not None:
@@ -68,6 +68,8 @@ def _plain(value: Any) -> Any:
 def sample(job: TrainingJob) -> list[dict[str, Any]]:
     """The parameters of each of the `count` trials, in the spec's order of parameters; the
     same for the same `seed`."""
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
     trials = job.spec.trials
     if trials is None:
         return []
