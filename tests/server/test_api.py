@@ -161,6 +161,19 @@ def test_openapi_documents_the_routes(client: httpx.Client):
     assert client.get("/docs").status_code == 200
 
 
+def test_predict_by_version_is_counted_under_its_own_route(client):
+    route = "/v1/models/{name}/versions/{version}:predict"
+    before = client.get("/metrics").text
+    body = {"instances": pattern_images([0]).tolist()}
+    assert client.post("/v1/models/mnist/versions/2:predict", json=body).status_code == 200
+    after = client.get("/metrics").text
+    count = "kubetrain_serving_requests_total"
+    delta = metric_value(after, count, route=route, code="200") - metric_value(
+        before, count, route=route, code="200"
+    )
+    assert delta == 1
+
+
 def test_metrics_count_requests_by_route_and_code_and_describe_the_model(client):
     route = "/v1/models/{name}:predict"
     before = client.get("/metrics").text

@@ -147,9 +147,8 @@ def _predict_batch(body: bytes, model: ServedModel, max_rows: int) -> tuple[np.n
     return to_batch(tensor, model.input_shape, max_rows), as_instances
 
 
-async def predict(state: ServerState, name: str, version: str | None, request: Request) -> Response:
+async def predict(state: ServerState, name: str, version: str | None, body: bytes) -> Response:
     model = served(state, name, version)
-    body = await request.body()
     batch, as_instances = await off_loop_if_large(
         len(body), _predict_batch, body, model, state.settings.max_batch_size
     )

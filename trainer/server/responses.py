@@ -19,3 +19,8 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     """`content` (dicts, lists, numbers, numpy arrays) as a JSON response."""
     body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, status_code=status_code, media_type=JSON)
+
+
+def error_response(status_code: int, message: str) -> Response:
+    """The API's error shape, TensorFlow Serving's: `{"error": "..."}`."""
+    return json_response({"error": message}, status_code)

@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import open_inference, protocol
 from .errors import ServingError
+from .fast_path import PredictFastPath
 from .middleware import BodyLimits, ConcurrencyLimit, ObserveRequests
-from .responses import json_response
+from .responses import error_response, json_response
 from .schemas import (
     ClassifyResponse,
     ColumnarPredictResponse,
@@ -41,10 +42,6 @@ from .schemas import (
 from .state import ServerState, load
 
 log = logging.getLogger(__name__)
-
-
-def _error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
 
 
 PREDICT_BODY = {
@@ -127,29 +124,30 @@ def create_app(state: ServerState) -> FastAPI:
         lifespan=lifespan,
     )
     # Outermost last: every request is observed, then counted against the limit, then its
-    # body is read within its size and time limits.
+    # body is read within its size and time limits, then a predict request is answered.
     settings = state.settings
+    app.add_middleware(PredictFastPath, state=state)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(ObserveRequests, metrics=state.metrics, draining=lambda: state.draining)
     state.metrics.ready.set_function(lambda: float(state.ready))
 
     @app.exception_handler(ServingError)
-    async def api_error(_: Request, error: ServingError) -> JSONResponse:
-        return _error(error.status_code, error.message)
+    async def api_error(_: Request, error: ServingError) -> Response:
+        return error_response(error.status_code, error.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
+    async def http_error(_: Request, error: StarletteHTTPException) -> Response:
+        return error_response(error.status_code, str(error.detail))
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, error: Exception) -> JSONResponse:
+    async def internal_error(_: Request, error: Exception) -> Response:
         # Logged by uvicorn with its traceback; the client still gets the API's error shape.
-        return _error(500, f"internal error: {type(error).__name__}")
+        return error_response(500, f"internal error: {type(error).__name__}")
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return _error(400, protocol.describe_validation(error))
+    async def validation_error(_: Request, error: RequestValidationError) -> Response:
+        return error_response(400, protocol.describe_validation(error))
 
     # Probes and metrics.
 
@@ -208,7 +206,8 @@ def create_app(state: ServerState) -> FastAPI:
     async def model_version_metadata(name: ModelName, version: Version) -> ModelMetadataResponse:
         return protocol.metadata(state, name, version)
 
-    # Predict (TensorFlow Serving's format) and classify (an image upload).
+    # Predict (TensorFlow Serving's format) and classify (an image upload). POST predict is
+    # answered by fast_path.PredictFastPath before routing; its routes describe it here.
 
     @app.post(
         "/v1/models/{name}:predict",
@@ -219,7 +218,7 @@ def create_app(state: ServerState) -> FastAPI:
         summary="Predict with the served version (TensorFlow Serving's request format)",
     )
     async def predict_latest(name: ModelName, request: Request) -> Response:
-        return await protocol.predict(state, name, None, request)
+        return await protocol.predict(state, name, None, await request.body())
 
     @app.post(
         "/v1/models/{name}/versions/{version}:predict",
@@ -230,7 +229,7 @@ def create_app(state: ServerState) -> FastAPI:
         summary="Predict with a specific version (404 unless it is the one served)",
     )
     async def predict_version(name: ModelName, version: Version, request: Request) -> Response:
-        return await protocol.predict(state, name, version, request)
+        return await protocol.predict(state, name, version, await request.body())
 
     @app.post(
         "/v1/models/{name}:classify",
