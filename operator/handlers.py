@@ -377,7 +377,13 @@ def _trials_plan(
     drawn = candidates(job)
     plan = trials.plan(job, drawn, status, seen, now, meta.get("generation"))
     for index in plan.create_trials:
-        kube().create(trainingjob_path(namespace), trials.trial_job(body, drawn[index]))
+        try:
+            kube().create(trainingjob_path(namespace), trials.trial_job(body, drawn[index]))
+        except ApiError as err:
+            problem = reconcile.creation_problem(err.status, err.message)
+            if problem is None or not problem.permanent:
+                raise  # a passing fault, or one that may clear (a quota): retried
+            trials.refuse(plan, index, err.message)
     for trial in plan.delete_trials:
         kube().delete(trainingjob_path(namespace, trial))
     return plan

@@ -251,6 +251,18 @@ def plan(
     return _finish(b, rows, metric, count)
 
 
+def refuse(plan: Plan, index: int, error: str) -> None:
+    """The API server refused trial `index`'s job for good (`reconcile.creation_problem`:
+    an invalid object, a webhook's verdict): the trial fails now instead of being retried on
+    every tick; the job goes on with the others, and fails if none succeeds."""
+    board = plan.status["trials"]
+    row = next(r for r in board if r["index"] == index)
+    row["state"] = TrialState.FAILED
+    row["message"] = f"the API server refused its TrainingJob {row['job']}: {error}"
+    plan.status["trialsProgress"] = f"{sum(r['state'] in ENDED for r in board)}/{len(board)}"
+    plan.events.append(("Warning", Reason.TRIAL_FAILED, f"trial {index}: {row['message']}"))
+
+
 def _finish(b: StatusBuilder, rows: dict[int, dict[str, Any]], metric: str, count: int) -> Plan:
     """The leaderboard (best first), the count of ended trials and the best so far."""
     board = sorted(rows.values(), key=lambda r: rank(metric, r.get("bestMetric"), r["index"]))

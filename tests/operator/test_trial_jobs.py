@@ -228,3 +228,36 @@ def test_the_active_deadline_fails_the_job_and_deletes_its_running_trials():
     assert plan.status["phase"] == Phase.FAILED
     assert sorted(plan.delete_trials) == ["mnist-t0", "mnist-t1"]
     assert plan.create_trials == []
+
+
+def test_a_trial_whose_job_the_api_server_refuses_fails_and_the_next_one_starts():
+    b = trials_body()
+    plan = tick(b, {}, [])
+    assert plan.create_trials == [0, 1]
+    trials.refuse(plan, 0, "admission webhook denied the request: no GPUs here")
+    status = after({}, plan)
+    refused = rows(status)[0]
+    assert refused["state"] == "Failed"
+    assert "refused its TrainingJob mnist-t0" in refused["message"]
+    assert "no GPUs here" in refused["message"]
+    assert status["trialsProgress"] == "1/3"
+    assert ("Warning", Reason.TRIAL_FAILED) in [(t, r) for t, r, _ in plan.events]
+
+    plan = tick(b, status, [trial(1)])
+    assert plan.create_trials == [2]
+    assert rows(after(status, plan))[0]["state"] == "Failed"
+
+
+def test_a_job_whose_every_trial_is_refused_fails():
+    b = trials_body(
+        count=2, parallelism=2, parameters={"training.learningRate": {"values": RATES[:2]}}
+    )
+    plan = tick(b, {}, [])
+    for index in plan.create_trials:
+        trials.refuse(plan, index, "the spec is invalid")
+    status = after({}, plan)
+    final = after(status, tick(b, status, []))
+    assert final["phase"] == Phase.FAILED
+    assert "the spec is invalid" in final["lastFailure"]
+    failed = [c for c in final["conditions"] if c["type"] == "Failed"]
+    assert failed[0]["reason"] == Reason.NO_TRIAL_SUCCEEDED
