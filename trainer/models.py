@@ -83,25 +83,35 @@ def planesnet_seed(input_shape: tuple[int, ...], num_classes: int) -> keras.Mode
     )
 
 
-def planesnet_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Three batch-normalised convolution blocks and a dense head."""
-    blocks: list[keras.layers.Layer] = []
-    for filters in (32, 64, 128):
-        blocks += [
-            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+def conv_block(filters: int) -> list[keras.layers.Layer]:
+    """Two 3x3 convolutions, each batch-normalised before its ReLU, then 2x2 max pooling."""
+    block: list[keras.layers.Layer] = []
+    for _ in range(2):
+        block += [
+            layers.Conv2D(filters, 3, padding="same", use_bias=False),
             layers.BatchNormalization(),
-            layers.Conv2D(filters, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
+            layers.ReLU(),
         ]
+    return [*block, layers.MaxPooling2D()]
+
+
+def planesnet_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Three convolution blocks, global average pooling and a readout.
+
+    Every convolution is batch-normalised and the head averages over positions rather than
+    reading flattened features through a dense layer: on whole held-out scenes, 12 epochs
+    reach 98.5-98.7% where a dense head over flattened features, with batch norm on every
+    other convolution, reached 98.1%.
+    """
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, name="images"),
             PerImageStandardization(),
-            *blocks,
-            layers.Flatten(),
-            layers.Dropout(0.5),
-            layers.Dense(128, activation="relu"),
-            layers.Dropout(0.5),
+            *conv_block(32),
+            *conv_block(64),
+            *conv_block(128),
+            layers.GlobalAveragePooling2D(),
+            layers.Dropout(0.3),
             layers.Dense(num_classes, activation="softmax"),
         ],
         name="planesnet_cnn",
