@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 JOB ?= examples/mnist.yaml
 
-.PHONY: install run test lint demo tools bench bench-serving bench-operator bench-storage clean
+.PHONY: install run test lint demo tools bench bench-serving bench-operator bench-storage bench-trials clean
 
 ## install: a .venv with the `kubetrain` command, TensorFlow CPU and the test tools
 install: $(VENV)/.installed
@@ -59,6 +59,9 @@ bench-serving: install
 
 bench-operator: install
 	$(BIN)/python bench/operator_reconcile.py
+
+bench-trials: install
+	$(BIN)/python bench/trials_search.py
 
 bench-storage: install
 	$(BIN)/python bench/object_storage.py
