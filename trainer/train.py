@@ -410,8 +410,10 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
                 # between the two retrains the epoch instead of losing its checkpoint.
                 EpochCheckpoint(stored, cluster, uploads, fence),
                 keras.callbacks.BackupAndRestore(str(local_backup)),
-                *published,
+                # Uploads run in turn: the epoch's curves go up before the backup that marks
+                # it done, so a job resumed from that backup has every earlier epoch drawn.
                 *drawn,
+                *published,
                 reporter,
             ],
             verbose=0,
