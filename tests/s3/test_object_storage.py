@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,17 @@ import pytest
 from boards import curves, get_json, tensorboard
 from datasets import write_planesnet_folder, write_planesnet_json
 from kubetrain.trainer import checkpoints
+from kubetrain.trainer import train as train_module
 from kubetrain.trainer.api.entrypoints import DATA_CACHE_ENV
+from kubetrain.trainer.api.layout import Layout
 from kubetrain.trainer.api.records import Epoch, Record
 from kubetrain.trainer.api.spec import Dataset, parse_job
+from kubetrain.trainer.api.tfconfig import ENV as TF_CONFIG_ENV
 from kubetrain.trainer.data import DataError, load_source
-from kubetrain.trainer.runner import Display, run_local
+from kubetrain.trainer.runner import Display, run_local, storage_locations
 from kubetrain.trainer.server.model import ModelNotFound, choose_version
 from kubetrain.trainer.storage import StorageError, Store
+from kubetrain.trainer.train import Uploads
 from s3server import S3Server
 
 
@@ -203,6 +208,32 @@ def test_a_job_in_a_bucket_keeps_nothing_local_and_resumes_from_the_bucket(
         )
         assert check.returncode == code, check.stderr
     assert "version 2 not found" in check.stderr
+
+
+def test_an_epochs_curves_go_to_the_bucket_before_the_backup_that_marks_it_done(
+    job_document: dict, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job resumed from a bucket starts after the last epoch its backup marks done: had
+    that epoch's curves still been queued behind the backup when a worker died, the restart
+    would have lost them. Uploads run one at a time, in the order they are queued."""
+    queued: list[str] = []
+
+    class RecordedUploads(Uploads):
+        def submit(self, upload: Callable[[], object], staging: Path) -> None:
+            queued.append(staging.name.split("-")[1])  # kubetrain-<what>-<random>
+            super().submit(upload, staging)
+
+    monkeypatch.setattr(train_module, "Uploads", RecordedUploads)
+    monkeypatch.delenv(TF_CONFIG_ENV, raising=False)  # the lone worker, in this process
+    job_document["spec"]["training"]["epochs"] = 2
+    job_document["spec"]["workers"]["replicas"] = 1
+    job_document["spec"]["storage"] = {"uri": f"s3://{bucket}/kubetrain"}
+    job = parse_job(job_document)
+
+    result = train_module.train(job, Layout(*storage_locations(job, tmp_path)))
+
+    assert result is not None and result.model is not None
+    assert queued == ["ckpt", "curves", "backup"] * 2
 
 
 # --- datasets in a bucket ------------------------------------------------------------------
