@@ -196,7 +196,7 @@ def plan(
                 row["message"] = message
                 b.plan.delete_trials.append(row["job"])
         b.fail(ConditionType.RUNNING, Reason.DEADLINE_EXCEEDED, message)
-        return _finish(b, rows, metric, count)
+        return _finish(b, rows, metric)
 
     b.plan.delete_trials = _stop_weak(job, rows, b)
     running = sum(r["state"] == TrialState.RUNNING for r in rows.values())
@@ -219,7 +219,7 @@ def plan(
             Reason.TRIALS_RUNNING,
             f"{running} trial(s) running, {len(ended)} of {count} ended",
         )
-        return _finish(b, rows, metric, count)
+        return _finish(b, rows, metric)
 
     winner = _best(metric, list(rows.values()), {TrialState.SUCCEEDED})
     if winner is None:
@@ -231,7 +231,7 @@ def plan(
             Reason.NO_TRIAL_SUCCEEDED,
             f"none of the {count} trial(s) succeeded ({failures})",
         )
-        return _finish(b, rows, metric, count)
+        return _finish(b, rows, metric)
     b.new["phase"] = Phase.SUCCEEDED
     b.new["completionTime"] = b.stamp
     b.new["model"] = winner["model"]
@@ -248,7 +248,7 @@ def plan(
     for key in ("bestCheckpoint", "bestMetrics", "testMetrics"):
         if winning.get(key):
             b.new[key] = winning[key]
-    return _finish(b, rows, metric, count)
+    return _finish(b, rows, metric)
 
 
 def refuse(plan: Plan, index: int, error: str) -> None:
@@ -259,16 +259,20 @@ def refuse(plan: Plan, index: int, error: str) -> None:
     row = next(r for r in board if r["index"] == index)
     row["state"] = TrialState.FAILED
     row["message"] = f"the API server refused its TrainingJob {row['job']}: {error}"
-    plan.status["trialsProgress"] = f"{sum(r['state'] in ENDED for r in board)}/{len(board)}"
+    plan.status["trialsProgress"] = progress(board)
     plan.events.append(("Warning", Reason.TRIAL_FAILED, f"trial {index}: {row['message']}"))
 
 
-def _finish(b: StatusBuilder, rows: dict[int, dict[str, Any]], metric: str, count: int) -> Plan:
+def progress(board: list[dict[str, Any]]) -> str:
+    """`status.trialsProgress`: trials ended of all the candidates, as `kubectl get` shows it."""
+    return f"{sum(r['state'] in ENDED for r in board)}/{len(board)}"
+
+
+def _finish(b: StatusBuilder, rows: dict[int, dict[str, Any]], metric: str) -> Plan:
     """The leaderboard (best first), the count of ended trials and the best so far."""
     board = sorted(rows.values(), key=lambda r: rank(metric, r.get("bestMetric"), r["index"]))
     b.new["trials"] = board
-    ended = sum(r["state"] in ENDED for r in board)
-    b.new["trialsProgress"] = f"{ended}/{count}"
+    b.new["trialsProgress"] = progress(board)
     best = _best(metric, board, {TrialState.SUCCEEDED, TrialState.RUNNING})
     best = best or _best(metric, board, set(TrialState))
     if best is not None:
