@@ -299,6 +299,22 @@ def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
     return frozenset(lost)
 
 
+def _settling_nodes(status: dict[str, Any]) -> frozenset[str]:
+    """Of the nodes the last attempt lost, those the scheduler may still place pods on: asked
+    about only until the new attempt's workers have all been created."""
+    names = status.get("lostNodes") or []
+    if not names or status.get("launchedAttempt") == int(status.get("restarts") or 0):
+        return frozenset()
+    settling = set()
+    for node in names:
+        try:
+            if not reconcile.scheduler_keeps_off(kube().get(node_path(node))):
+                settling.add(node)
+        except ApiError as err:  # not allowed to read nodes: place the workers anyway
+            logging.getLogger(__name__).warning("cannot read node %s: %s", node, err)
+    return frozenset(settling)
+
+
 def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
     """What the schema cannot check: the volumes the pods need must exist."""
     for field, claim in (
@@ -536,6 +552,7 @@ def reconcile_job(namespace: str, name: str) -> float | None:
     generation = raw["metadata"].get("generation")
     pods: list[dict[str, Any]] = []
     lost: frozenset[str] = frozenset()
+    settling: frozenset[str] = frozenset()
     if job.spec.trials is not None and status.get("phase") not in reconcile.FINISHED_TRAINING:
         try:
             plan = _trials_plan(raw, job, status, now)
@@ -543,13 +560,18 @@ def reconcile_job(namespace: str, name: str) -> float | None:
             plan = reconcile.reject(status, Reason.INVALID_SPEC, str(err), now)
     else:
         pods, lost, problem = _workers(raw, job, status)
-        plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
+        settling = _settling_nodes(status)
+        plan = reconcile.plan(
+            job.spec, name, status, pods, now, problem, generation, lost, settling
+        )
 
     if plan.create:
         attempt = int(plan.status.get("restarts", status.get("restarts") or 0))
         problem = _create_workers(raw, job, plan.create, attempt)
         if problem is not None:
-            plan = reconcile.plan(job.spec, name, status, pods, now, problem, generation, lost)
+            plan = reconcile.plan(
+                job.spec, name, status, pods, now, problem, generation, lost, settling
+            )
     succeeded_now = (
         plan.status.get("phase") == Phase.SUCCEEDED and status.get("phase") != Phase.SUCCEEDED
     )

@@ -113,6 +113,31 @@ def node_lost(node: dict[str, Any] | None) -> bool:
     return ready != "True"
 
 
+NODE_CONTROLLER_TAINTS = frozenset(
+    {"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"}
+)
+"""The taints the node controller gives a node that is not Ready."""
+SETTLE_LIMIT = timedelta(seconds=60)
+"""The longest a restart waits for the scheduler to keep off its lost nodes."""
+
+
+def scheduler_keeps_off(node: dict[str, Any] | None) -> bool:
+    """Whether no new pod will be placed on a lost node: it is gone, cordoned, tainted
+    NoSchedule by the node controller, or Ready again (and so a fair place for one).
+
+    The node controller marks a node's Ready condition Unknown first and taints it a moment
+    later; until then the scheduler still places pods there, where they would never start.
+    """
+    if node is None or not node_lost(node):
+        return True
+    if (node.get("spec") or {}).get("unschedulable"):
+        return True
+    taints = (node.get("spec") or {}).get("taints") or []
+    return any(
+        t.get("key") in NODE_CONTROLLER_TAINTS and t.get("effect") == "NoSchedule" for t in taints
+    )
+
+
 def _running(pod: dict[str, Any]) -> bool:
     return pod["phase"] not in ("Succeeded", "Failed")
 
@@ -220,6 +245,8 @@ class _Job:
     """Workers that exited 0 in this attempt."""
     lost: frozenset[str] = frozenset()
     """Nodes that stopped reporting (not Ready): their pods' processes are out of reach."""
+    settling: frozenset[str] = frozenset()
+    """Of the nodes the last attempt lost, those the scheduler may still place pods on."""
 
     @property
     def replicas(self) -> int:
@@ -406,6 +433,9 @@ def _restart(job: _Job) -> Plan | None:
     b.new["phase"] = Phase.RESTARTING
     b.new["restarts"] = restarts + 1
     b.new["lastFailure"] = message
+    lost = sorted({p["node"] for p in job.current if job.on_lost_node(p)})
+    if lost or job.status.get("lostNodes"):
+        b.new["lostNodes"] = lost
     b.condition(ConditionType.RUNNING, False, Reason.RESTARTING, message)
     for node in sorted({p["node"] for p in job.current if job.on_lost_node(p)}):
         b.event("Warning", Reason.NODE_LOST, f"node {node} is not Ready: its workers are lost")
@@ -418,6 +448,17 @@ def _launch(job: _Job) -> Plan:
     """Create the workers still missing; Running once every one of them runs."""
     b, by_index = job.b, job.by_index
     missing = [i for i in range(job.replicas) if i not in by_index and i not in job.completed]
+    if missing and job.settling and not _settle_limit_passed(job):
+        nodes = ", ".join(sorted(job.settling))
+        b.new["phase"] = Phase.PENDING
+        b.condition(
+            ConditionType.RUNNING,
+            False,
+            Reason.LOST_NODES_SCHEDULABLE,
+            f"waiting for the node controller to taint lost node(s) {nodes} NoSchedule, so "
+            "that no worker of the new attempt is placed where it cannot start",
+        )
+        return job.done()
     if missing:
         b.plan.create = missing
     else:
@@ -439,6 +480,14 @@ def _launch(job: _Job) -> Plan:
     chief = by_index.get(0)
     b.plan.read_progress = chief is not None and chief["phase"] == "Running"
     return job.done()
+
+
+def _settle_limit_passed(job: _Job) -> bool:
+    """A cluster whose node controller never taints (or an operator that cannot read nodes
+    in time) must not hold a restart back for good."""
+    running = get_condition(job.status.get("conditions") or [], ConditionType.RUNNING)
+    since = parse_time((running or {}).get("lastTransitionTime"))
+    return since is None or job.now - since >= SETTLE_LIMIT
 
 
 def _tensorboard(
@@ -474,9 +523,11 @@ def plan(
     problem: Problem | None = None,
     generation: int | None = None,
     lost_nodes: frozenset[str] = frozenset(),
+    settling_nodes: frozenset[str] = frozenset(),
 ) -> Plan:
-    """What to do next for job `name`, given its status and its worker pods' summaries, and
-    which of their nodes are lost (not Ready).
+    """What to do next for job `name`, given its status and its worker pods' summaries,
+    which of their nodes are lost (not Ready), and which of the nodes the last attempt lost
+    the scheduler may still place pods on.
 
     The steps run in order and the first that decides ends the tick: a finished job, the
     deadline, a problem, a restart under way, a permanent error, the chief's success, a
@@ -499,6 +550,7 @@ def plan(
         stale=[p for p in pods if p["attempt"] != restarts],
         completed=list((status.get("workers") or {}).get("completedIndexes") or []),
         lost=lost_nodes,
+        settling=settling_nodes,
     )
     decided = _finished(job)
     if decided is not None:
@@ -536,6 +588,7 @@ def requeue_after(
 
     Time is the trigger for: the active deadline, the TTL, a pod stuck terminating (its
     force-deletion), a node not yet known to be lost under a worker that stopped being Ready,
+    a restart waiting for the nodes its last attempt lost to be tainted,
     a running chief's progress (every `progress_every`), a job waiting for what no watch
     reports (a missing claim, a refused pod: every `progress_every`), a promotion under
     way (its model check, its rollout and their deadlines: every `follow_every`), and a
@@ -577,6 +630,8 @@ def requeue_after(
             moments.append(progress_every)
         if node_suspects(pods) - lost_nodes:
             moments.append(follow_every)
+        if status.get("lostNodes") and status.get("launchedAttempt") != restarts:
+            moments.append(follow_every)  # a restart waiting for lost nodes to be tainted
     if tensorboard.action(spec, status) is not None:  # a create or delete that failed
         moments.append(progress_every)
     if not moments:

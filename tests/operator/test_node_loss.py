@@ -188,7 +188,7 @@ def test_a_lost_node_restarts_the_job_on_the_others_from_its_last_checkpoint(
 
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
-    assert status["restarts"] == 1, status
+    assert status["restarts"] == 1, json.dumps(status, indent=1)
     assert f"lost with its node {victim}" in restarted["status"]["lastFailure"]
     assert ("NodeLost", f"node {victim} is not Ready: its workers are lost") in events(ns, "sturdy")
     # The new attempt ran on the nodes that were left.
@@ -350,7 +350,7 @@ def test_a_chief_cut_off_from_the_control_plane_is_fenced_and_publishes_nothing(
 
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
-    assert status["restarts"] == 1, status
+    assert status["restarts"] == 1, json.dumps(status, indent=1)
     assert "attempt 1 of this job has started since attempt 0" in log
     assert chief_node not in status["workers"]["nodes"], status["workers"]
     # One model version, one fence record, both of attempt 1.

@@ -14,6 +14,7 @@ from kubetrain.operator.reconcile import (
     plan,
     reject,
     requeue_after,
+    scheduler_keeps_off,
 )
 from kubetrain.operator.status import get_condition, now_iso
 from trainingjobs import body, job, pod
@@ -27,11 +28,12 @@ def run(
     now: datetime = T0,
     problem: Problem | None = None,
     lost: frozenset[str] = frozenset(),
+    settling: frozenset[str] = frozenset(),
     **spec_overrides,
 ) -> tuple[Plan, dict]:
     """One reconcile; returns the plan and the status after its patch is applied."""
     spec = job(body(**spec_overrides)).spec
-    p = plan(spec, "mnist", status, pods, now, problem, lost_nodes=lost)
+    p = plan(spec, "mnist", status, pods, now, problem, lost_nodes=lost, settling_nodes=settling)
     return p, {**status, **p.status}
 
 
@@ -313,6 +315,66 @@ def test_a_worker_on_a_lost_node_restarts_the_job_at_once_and_is_removed_by_forc
     # No kubelet will confirm the lost pod stopped: it goes from the API at once.
     assert sorted(p.delete) == [("mnist-worker-0", 1), ("mnist-worker-1", 0)]
     assert ("Warning", "NodeLost", "node node-b is not Ready: its workers are lost") in p.events
+
+
+def test_the_next_attempt_waits_until_the_scheduler_keeps_off_the_lost_node():
+    pods = [pod(0, node="node-a"), pod(1, node="node-b", ready=False)]
+    _, status = run(running(), pods, lost=frozenset({"node-b"}))
+    assert status["lostNodes"] == ["node-b"]
+    # Not Ready but not yet tainted: a worker placed there now would never start.
+    later = T0 + timedelta(seconds=2)
+    p, waiting = run(status, [], later, settling=frozenset({"node-b"}))
+    assert p.create == []
+    assert waiting["phase"] == "Pending"
+    condition = get_condition(waiting["conditions"], "Running")
+    assert condition["reason"] == "LostNodesSchedulable"
+    assert "lost node(s) node-b" in condition["message"]
+    assert look_again(waiting, [], later) == 2
+    # Tainted (or gone, or back): the new attempt is placed.
+    p, _ = run(waiting, [], later + timedelta(seconds=2))
+    assert p.create == [0, 1]
+
+
+def test_a_lost_node_that_is_never_tainted_holds_the_restart_back_for_a_minute_at_most():
+    pods = [pod(0, node="node-a"), pod(1, node="node-b", ready=False)]
+    _, status = run(running(), pods, lost=frozenset({"node-b"}))
+    p, _ = run(status, [], T0 + timedelta(seconds=59), settling=frozenset({"node-b"}))
+    assert p.create == []
+    p, _ = run(status, [], T0 + timedelta(seconds=60), settling=frozenset({"node-b"}))
+    assert p.create == [0, 1]
+
+
+def test_a_restart_without_a_lost_node_forgets_the_nodes_of_the_one_before():
+    pods = [pod(0, node="node-a"), pod(1, node="node-b", ready=False)]
+    _, status = run(running(), pods, lost=frozenset({"node-b"}))
+    _, status = run(status, [pod(0, attempt=1), pod(1, attempt=1)])
+    _, status = run(status, [pod(0, attempt=1), pod(1, "Failed", exit_code=1, attempt=1)])
+    assert status["restarts"] == 2 and status["lostNodes"] == []
+    # A job that never lost a node has no such field at all.
+    _, status = run(running(), [pod(0), pod(1, "Failed", exit_code=1)])
+    assert "lostNodes" not in status
+
+
+def test_the_scheduler_keeps_off_a_lost_node_once_the_node_controller_taints_it():
+    def node(ready: str, *taints: tuple[str, str], cordoned: bool = False) -> dict:
+        return {
+            "spec": {
+                "unschedulable": cordoned,
+                "taints": [{"key": key, "effect": effect} for key, effect in taints],
+            },
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }
+
+    unreachable = "node.kubernetes.io/unreachable"
+    assert not scheduler_keeps_off(node("Unknown"))  # the moment before the taint
+    assert scheduler_keeps_off(node("Unknown", (unreachable, "NoSchedule")))
+    assert scheduler_keeps_off(node("False", ("node.kubernetes.io/not-ready", "NoSchedule")))
+    # Pods tolerate NoExecute for unreachable nodes for 300 s by default: it does not keep
+    # the scheduler off.
+    assert not scheduler_keeps_off(node("Unknown", (unreachable, "NoExecute")))
+    assert scheduler_keeps_off(node("Unknown", cordoned=True))
+    assert scheduler_keeps_off(node("True"))  # back: a fair place for a worker
+    assert scheduler_keeps_off(None)  # deleted
 
 
 def test_the_lost_nodes_pods_of_an_old_attempt_go_at_once_too():

@@ -51,6 +51,7 @@ class Reason(StrEnum):
     PERMANENT_ERROR = "PermanentError"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     NODE_LOST = "NodeLost"
+    LOST_NODES_SCHEDULABLE = "LostNodesSchedulable"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     # Succeeded
     CHIEF_SUCCEEDED = "ChiefSucceeded"
@@ -192,6 +193,11 @@ class TrainingJobStatus(_Status):
     serving: Serving | None = None
     served: str | None = Field(None, description="`deployment:version`, for kubectl get.")
     last_failure: str | None = None
+    lost_nodes: list[str] = Field(
+        default_factory=list,
+        description="Nodes lost under the last attempt; the next one is placed only once the "
+        "scheduler keeps off them.",
+    )
     start_time: str | None = None
     completion_time: str | None = None
     promotion_start_time: str | None = None
