@@ -437,7 +437,7 @@ def _restart(job: _Job) -> Plan | None:
     if lost or job.status.get("lostNodes"):
         b.new["lostNodes"] = lost
     b.condition(ConditionType.RUNNING, False, Reason.RESTARTING, message)
-    for node in sorted({p["node"] for p in job.current if job.on_lost_node(p)}):
+    for node in lost:
         b.event("Warning", Reason.NODE_LOST, f"node {node} is not Ready: its workers are lost")
     b.event("Warning", Reason.RESTARTING, f"restart {restarts + 1} of {limit}: {message}")
     b.plan.delete = _deletions(job.current, job.now, lambda _: True, job.lost)
