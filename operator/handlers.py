@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -287,32 +288,33 @@ def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
     return [summarize_pod(item) for item in items["items"]]
 
 
+def _nodes_where(
+    names: Iterable[str], test: Callable[[dict[str, Any] | None], bool]
+) -> frozenset[str]:
+    """Those of `names` whose Node (None when it is gone) passes `test`. A node the operator
+    may not read passes none: without it, pods still fail and get placed on their own."""
+    passed = set()
+    for node in names:
+        try:
+            if test(kube().get(node_path(node))):
+                passed.add(node)
+        except ApiError as err:
+            log.warning("cannot read node %s: %s", node, err)
+    return frozenset(passed)
+
+
 def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
     """The nodes of the job's pods that are lost: asked about only when a pod is not Ready."""
-    lost = set()
-    for node in reconcile.node_suspects(pods):
-        try:
-            if reconcile.node_lost(kube().get(node_path(node))):
-                lost.add(node)
-        except ApiError as err:  # not allowed to read nodes: pods still fail on their own
-            logging.getLogger(__name__).warning("cannot read node %s: %s", node, err)
-    return frozenset(lost)
+    return _nodes_where(reconcile.node_suspects(pods), reconcile.node_lost)
 
 
 def _settling_nodes(status: dict[str, Any]) -> frozenset[str]:
     """Of the nodes the last attempt lost, those the scheduler may still place pods on: asked
-    about only until the new attempt's workers have all been created."""
+    about only until the new attempt's workers have all been seen."""
     names = status.get("lostNodes") or []
     if not names or status.get("launchedAttempt") == int(status.get("restarts") or 0):
         return frozenset()
-    settling = set()
-    for node in names:
-        try:
-            if not reconcile.scheduler_keeps_off(kube().get(node_path(node))):
-                settling.add(node)
-        except ApiError as err:  # not allowed to read nodes: place the workers anyway
-            logging.getLogger(__name__).warning("cannot read node %s: %s", node, err)
-    return frozenset(settling)
+    return _nodes_where(names, lambda node: not reconcile.scheduler_keeps_off(node))
 
 
 def _problem(job: TrainingJob, namespace: str) -> reconcile.Problem | None:
