@@ -176,3 +176,7 @@ def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | N
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
+    # What each step hands the callbacks: Keras' "auto" sums it over the workers of a
+    # multi-worker strategy, so two workers' batch accuracy would read 1.9. The chief's own
+    # running values are what a progress line means; epoch metrics are reduced properly anyway.
+    model.distribute_reduction_method = "first"

@@ -54,6 +54,9 @@ def test_two_workers_stay_in_sync_and_export_the_best_epoch(
     assert [r["epoch"] for r in chief] == [r["epoch"] for r in other] == [1, 2, 3]
     assert [r["weightsDigest"] for r in chief] == [r["weightsDigest"] for r in other]
     assert len({r["weightsDigest"] for r in chief}) == 3  # the weights did change
+    # Progress within an epoch reads like the epochs: running values, not summed over workers.
+    batches = recorder.of(0, "batch")
+    assert batches and all(0 <= b["metrics"]["accuracy"] <= 1 for b in batches), batches
 
     starts = {w: recorder.of(w, "start")[0] for w in (0, 1)}
     assert starts[0]["shardExamples"] + starts[1]["shardExamples"] == starts[0]["trainExamples"]
