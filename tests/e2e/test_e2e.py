@@ -331,7 +331,9 @@ LOADGEN = (
     REACH_SERVING
     + """
 import json, os, threading, time, urllib.error, urllib.request
-BASE = "http://mnist-serving:8501/v1/models/mnist"
+# Looked up once, as a client keeping its connections would: the rollout is measured through
+# the Service's routing, not through each request's lookup in the local cluster's DNS.
+BASE = f"http://{socket.gethostbyname('mnist-serving')}:8501/v1/models/mnist"
 BODY = os.environ["BODY"].encode()
 RATE, THREADS = float(os.environ["RATE"]), int(os.environ["THREADS"])
 MAX_SECONDS, MAX_REQUESTS = float(os.environ["MAX_SECONDS"]), int(os.environ["MAX_REQUESTS"])
@@ -509,11 +511,10 @@ def running_workers(pods: list[dict], attempt: int) -> int:
     )
 
 
-def mid_training(status: dict) -> bool:
-    """An epoch is done and another is to come: the moment to interrupt it. (After the last
-    epoch the job still reads Running while the chief evaluates and exports.)"""
-    epoch = status.get("epoch") or 0
-    return status.get("phase") == "Running" and 1 <= epoch < (status.get("totalEpochs") or 0)
+def finished_training(epoch: dict | None) -> bool:
+    """The chief logged its last epoch. (The job still reads Running while it evaluates
+    and exports.)"""
+    return epoch is not None and epoch["epoch"] >= epoch["totalEpochs"]
 
 
 def last_epoch_record(kubectl: Kubectl, pod: str) -> dict | None:
@@ -525,7 +526,6 @@ def last_epoch_record(kubectl: Kubectl, pod: str) -> dict | None:
 
 def assert_interrupted_then_succeeded(run: Run, killed: list[dict]) -> None:
     assert killed, f"training ended before it could be interrupted: {run.phases}"
-    assert killed[0]["epoch"] < killed[0]["totalEpochs"], killed
     assert run.status["phase"] == "Succeeded", json.dumps(run.status, indent=1)[:4000]
 
 
@@ -560,9 +560,10 @@ def test_4_a_killed_worker_restarts_the_workers_and_a_killed_operator_is_replace
         elif (
             killed_worker
             and not killed_operator
+            and status.get("phase") == "Running"
             and status.get("restarts", 0) >= 1
-            and mid_training(status)
             and running_workers(pods, status["restarts"]) == 2
+            and not finished_training(last_epoch_record(kubectl, "resilient-worker-0"))
         ):
             # The resumed attempt's workers run (loading TensorFlow, then training): its
             # epochs pass in seconds on a fast machine, so waiting for one of them would
