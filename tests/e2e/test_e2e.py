@@ -551,9 +551,9 @@ def test_4_a_killed_worker_restarts_the_workers_and_a_killed_operator_is_replace
         for attempt in set(attempts):
             per_attempt_max[attempt] = max(per_attempt_max.get(attempt, 0), attempts.count(attempt))
         epoch = last_epoch_record(kubectl, "resilient-worker-0") if not killed_worker else None
-        # An epoch after the second: the chief reports an epoch once the one before it is in
-        # the store (a checkpoint still uploading is lost with its worker), so the job has an
-        # epoch to resume from. The chief's own log says so sooner than the status.
+        # The second epoch or a later one: the chief reports an epoch once the one before it
+        # is in the store (a checkpoint still uploading is lost with its worker), so the job
+        # has an epoch to resume from. The chief's own log says so sooner than the status.
         if epoch and 2 <= epoch["epoch"] < epoch["totalEpochs"]:
             killed_worker.append(epoch)
             kubectl("delete", "pod", "resilient-worker-1", "--grace-period=0", "--force")
