@@ -31,7 +31,7 @@ import json, socket, sys, threading, time, urllib.parse, urllib.request
 URL, SECONDS, CLIENTS, UNTIL = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 # The Service's name is looked up once, as a client keeping its connections would: what counts
 # is the Service's routing to pods while they change, not the local cluster's DNS (a lookup
-# once timed out for both clients at the moment the rollout replaced the pods).
+# once failed for both clients at the moment the rollout replaced the pods).
 HOST = urllib.parse.urlsplit(URL).hostname
 URL = URL.replace(HOST, socket.gethostbyname(HOST), 1)
 counts = {"ok": 0, "failed": 0}
