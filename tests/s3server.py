@@ -84,10 +84,11 @@ class S3Server:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """Start on `port` (a restart keeps its clients' endpoint), or on a free one."""
         binary = versitygw_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         # A minimal environment: versitygw reads many VGW_* and ROOT_* variables, and the
         # caller's must not change it. The credentials go there too, not on the command line.
         env = {

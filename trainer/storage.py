@@ -11,7 +11,10 @@ there, so neither kind of store ever shows a half-written checkpoint or model.
 S3 settings come from the standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_REGION`, `AWS_ENDPOINT_URL`), as for any AWS tool; `S3_ADDRESSING_STYLE_ENV` picks path-
 or virtual-hosted-style requests (default: path style where an endpoint is set, as
-S3-compatible servers mostly want).
+S3-compatible servers mostly want). A store that does not answer is tried again with
+botocore's standard retries, `S3_ATTEMPTS` requests in all (about a minute of backing off)
+unless `AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE` say otherwise: a worker that gives up restarts
+every worker of its job, which costs far more than waiting out a store's brief outage.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from .api.entrypoints import S3_ADDRESSING_STYLE_ENV
 
 OBJECT_STORE_SCHEMES = ("s3", "gs")
+S3_ATTEMPTS = 10
+"""Requests (the first and its retries) before a store that does not answer is given up on."""
 
 
 class StorageError(RuntimeError):
@@ -52,8 +57,12 @@ def join(uri: str, *parts: str) -> str:
 def _s3_options() -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     style = os.environ.get(S3_ADDRESSING_STYLE_ENV) or ("path" if endpoint else "auto")
+    # Only what the standard variables leave unsaid: botocore reads those itself.
+    retries = {"mode": "standard"} if not os.environ.get("AWS_RETRY_MODE") else {}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["total_max_attempts"] = S3_ATTEMPTS
     options: dict[str, Any] = {
-        "config_kwargs": {"s3": {"addressing_style": style}},
+        "config_kwargs": {"s3": {"addressing_style": style}, "retries": retries},
         # Other writers (the other workers, the next attempt) change what is there.
         "use_listings_cache": False,
         "skip_instance_cache": True,
@@ -96,8 +105,31 @@ def named_errors(
         if missing is None:
             raise
         raise refused(f"{uri}: {missing}") from err
-    except (TimeoutError, ConnectionError) as err:
-        raise StoreUnreachable(f"{uri}: the store did not answer ({err})") from err
+    except _unanswered_errors() as err:
+        raise StoreUnreachable(
+            f"{uri}: the store did not answer ({err}); check that it is up and that the "
+            "endpoint (AWS_ENDPOINT_URL) is reachable from here"
+        ) from err
+
+
+def _unanswered_errors() -> tuple[type[Exception], ...]:
+    """No answer from a store, as the clients raise it: botocore's connection errors are
+    neither `ConnectionError` nor `TimeoutError`, nor are aiohttp's (gcsfs)."""
+    errors: list[type[Exception]] = [TimeoutError, ConnectionError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        errors += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientConnectionError
+
+        errors.append(ClientConnectionError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +32,9 @@ from kubetrain.trainer.api.tfconfig import ENV as TF_CONFIG_ENV
 from kubetrain.trainer.data import DataError, load_source
 from kubetrain.trainer.runner import Display, run_local, storage_locations
 from kubetrain.trainer.server.model import ModelNotFound, choose_version
-from kubetrain.trainer.storage import StorageError, Store
+from kubetrain.trainer.storage import StorageError, Store, StoreUnreachable
 from kubetrain.trainer.train import Uploads
-from s3server import S3Server
+from s3server import S3Server, free_port
 
 
 @pytest.fixture
@@ -102,6 +103,43 @@ def test_wrong_credentials_are_a_storage_error_naming_the_uri(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(StorageError, match=f"s3://{bucket}/jobs/result.json: access denied"):
         Store.open(f"s3://{bucket}/jobs").write_text("result.json", "{}")
+
+
+OUTAGE_SECONDS = 20.0
+
+
+def test_a_store_back_within_the_retries_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that is down for a while (a restart, a network blip) costs a worker a wait,
+    not its job's attempt. 20 s is past botocore's default retries (at most 15 s of backing
+    off), well within the minute the workers' clients are given."""
+    with S3Server(tmp_path / "s3") as server:
+        server.make_bucket("jobs")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        store = Store.open("s3://jobs/one")
+        store.write_text("epoch", "3")
+        server.stop()
+        restart = threading.Timer(OUTAGE_SECONDS, server.start, kwargs={"port": server.port})
+        restart.start()
+        try:
+            assert store.read_text("epoch") == "3"
+        finally:
+            restart.join()
+
+
+def test_a_store_that_does_not_answer_is_unreachable_naming_the_uri(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the retries (here the user's own AWS_MAX_ATTEMPTS) are spent, the worker's error
+    names the URI and says it is worth another try."""
+    for key, value in S3Server().env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with pytest.raises(StoreUnreachable, match="s3://jobs/one/epoch: the store did not answer"):
+        Store.open("s3://jobs/one").read_text("epoch")
 
 
 @pytest.mark.parametrize("where", ["bucket", "directory"])
