@@ -31,7 +31,7 @@ from kubetrain.trainer.api.spec import Dataset, parse_job
 from kubetrain.trainer.api.tfconfig import ENV as TF_CONFIG_ENV
 from kubetrain.trainer.data import DataError, load_source
 from kubetrain.trainer.runner import Display, run_local, storage_locations
-from kubetrain.trainer.server.model import ModelNotFound, choose_version
+from kubetrain.trainer.server.model import ModelNotFound, check, choose_version
 from kubetrain.trainer.storage import StorageError, Store, StoreUnreachable
 from kubetrain.trainer.train import Uploads
 from s3server import S3Server, free_port
@@ -129,17 +129,33 @@ def test_a_store_back_within_the_retries_is_waited_for(
             restart.join()
 
 
-def test_a_store_that_does_not_answer_is_unreachable_naming_the_uri(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Once the retries (here the user's own AWS_MAX_ATTEMPTS) are spent, the worker's error
-    names the URI and says it is worth another try."""
-    for key, value in S3Server().env().items():
-        monkeypatch.setenv(key, value)
+@pytest.fixture
+def unanswering_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS variables of a store at a loopback port nobody listens on, tried twice (the
+    user's own AWS_MAX_ATTEMPTS, which the clients honour)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "KTKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_REGION", S3Server.region)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+
+
+@pytest.mark.usefixtures("unanswering_store")
+def test_a_store_that_does_not_answer_is_unreachable_naming_the_uri() -> None:
+    """Once the retries are spent, the worker's error names the URI and says it is worth
+    another try."""
     with pytest.raises(StoreUnreachable, match="s3://jobs/one/epoch: the store did not answer"):
         Store.open("s3://jobs/one").read_text("epoch")
+
+
+@pytest.mark.usefixtures("unanswering_store")
+def test_a_model_check_against_a_store_that_does_not_answer_says_so_and_exits_retryable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The check a promotion runs, and the serving pods' pull, end with the store's URI in
+    their last words, not a traceback."""
+    assert check("s3://models/digits", None) == 1
+    assert "error: s3://models/digits: the store did not answer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["bucket", "directory"])

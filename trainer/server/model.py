@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..api.layout import METADATA_FILE, SIGNATURE_NAME, missing_files, versions
-from ..storage import StorageError, Store
+from ..storage import StorageError, Store, StoreUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +51,39 @@ def choose_version(model_dir: str | Path, pinned: int | None) -> int:
 
 
 def check(model_dir: str | Path, pinned: int | None) -> int:
-    """`kubetrain serve --check-only`: exit 0 if the version to serve is complete, else 2.
+    """`kubetrain serve --check-only`: exit 0 if the version to serve is complete, else 2
+    (1 if the store did not answer: worth another try).
 
     It imports no TensorFlow, so it answers quickly; what it prints is the pod's last words.
     """
     try:
         version = choose_version(model_dir, pinned)
-    except (ModelNotFound, StorageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ModelNotFound, StorageError, StoreUnreachable) as error:
+        return _failed(error)
     print(f"version {version} in {model_dir} is complete")
     return 0
 
 
 def pull_version(model_dir: str, pinned: int | None, into: Path) -> int:
     """Copy a complete version from `model_dir` (a store) to `into/<version>`; 0, or 2 with
-    what is missing on stderr, which a pod shows as its termination message."""
+    what is missing on stderr, which a pod shows as its termination message (1 if the store
+    did not answer)."""
     try:
         version = choose_version(model_dir, pinned)
         target = into / str(version)
         if target.exists():
             shutil.rmtree(target)
         Store.open(model_dir).fetch(str(version), target)
-    except (ModelNotFound, StorageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ModelNotFound, StorageError, StoreUnreachable) as error:
+        return _failed(error)
     print(f"version {version} of {model_dir} copied to {target}")
     return 0
+
+
+def _failed(error: Exception) -> int:
+    """The exit code and last words of a check or pull that found no servable version."""
+    print(f"error: {error}", file=sys.stderr)
+    return 1 if isinstance(error, StoreUnreachable) else 2
 
 
 @dataclass(frozen=True)
