@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 from conftest import ExportedModels, ServerProcess, metric_value, pattern_images
 from kubetrain.trainer.server.batching import Batcher
 
@@ -92,6 +93,41 @@ def test_a_failing_model_call_fails_only_its_batch():
     bad, good = asyncio.run(main())
     assert isinstance(bad, ValueError)
     np.testing.assert_array_equal(good, np.ones((1, 1)))
+
+
+def test_a_call_known_to_be_short_runs_on_the_loops_own_thread_and_a_long_one_never_does():
+    # Handing a short call to the model thread and back costs about what the call does.
+    def calls_by_thread(seconds: float, fail_on_call: int | None = None) -> list[bool]:
+        on_loop_thread: list[bool] = []
+
+        def model(rows: np.ndarray) -> np.ndarray:
+            on_loop_thread.append(threading.get_ident() == loop_thread)
+            time.sleep(seconds)
+            if len(on_loop_thread) == fail_on_call:
+                raise ValueError("this call fails")
+            return rows
+
+        async def main() -> None:
+            nonlocal loop_thread
+            loop_thread = threading.get_ident()
+            batcher = Batcher(model, max_batch_size=4, max_wait=0, inline_below=0.05)
+            batcher.start()
+            for call in range(1, 5):
+                result = batcher.predict(np.full((1, 2), call))
+                if call == fail_on_call:
+                    with pytest.raises(ValueError, match="this call fails"):
+                        await result
+                else:
+                    np.testing.assert_array_equal(await result, np.full((1, 2), call))
+            await batcher.close()
+
+        loop_thread = 0
+        asyncio.run(main())
+        return on_loop_thread
+
+    assert calls_by_thread(0.0) == [False, True, True, True]  # the first call is timed
+    assert calls_by_thread(0.0, fail_on_call=3) == [False, True, True, True]
+    assert calls_by_thread(0.1) == [False, False, False, False]
 
 
 class LoopIterations:
