@@ -160,7 +160,12 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
     return BUILDERS[architecture](tuple(input_shape), num_classes)
 
 
-def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | None = None) -> None:
+def compile_model(
+    model: keras.Model,
+    learning_rate: float,
+    decay_steps: int | None = None,
+    steps_per_execution: int = 1,
+) -> None:
     """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given.
 
     The schedule is a function of the optimizer's step count, which BackupAndRestore restores,
@@ -175,6 +180,7 @@ def compile_model(model: keras.Model, learning_rate: float, decay_steps: int | N
         optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
     # What each step hands the callbacks: Keras' "auto" sums it over the workers of a
     # multi-worker strategy, so two workers' batch accuracy would read 1.9. The chief's own

@@ -34,6 +34,7 @@ from .data import Source, load_source, shard, split
 from .export import export_model
 from .fence import Fence, attempt_from_env
 from .models import build_model, compile_model
+from .steps import STEPS_PER_CALL, train_from_own_batches
 from .storage import Store
 from .tflib import keras, tf
 
@@ -384,7 +385,13 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
         decay_steps = steps * spec.training.epochs
         cosine = spec.training.learning_rate_schedule == "cosine"
-        compile_model(model, spec.training.learning_rate, decay_steps if cosine else None)
+        compile_model(
+            model,
+            spec.training.learning_rate,
+            decay_steps if cosine else None,
+            steps_per_execution=STEPS_PER_CALL,
+        )
+    stand_in = train_from_own_batches(model, train_ds)
     reporter = ProgressReporter(cluster, spec.training.epochs, steps, global_batch)
     with tempfile.TemporaryDirectory(prefix="kubetrain-") as scratch:
         # BackupAndRestore works in a local directory: the store itself on a local disk; on
@@ -399,7 +406,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         local_curves = Path(curves.uri) if curves.local else Path(scratch) / "tensorboard"
         drawn = [Curves(curves, local_curves, uploads)] if cluster.is_chief else []
         model.fit(
-            strategy.distribute_datasets_from_function(lambda _: train_ds),
+            stand_in,
             epochs=spec.training.epochs,
             steps_per_epoch=steps,
             validation_data=strategy.distribute_datasets_from_function(lambda _: val_ds),

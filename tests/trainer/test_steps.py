@@ -1,0 +1,70 @@
+"""Several steps per call, from the worker's own batches: the same training as Keras' `fit`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kubetrain.trainer.models import compile_model
+from kubetrain.trainer.steps import train_from_own_batches
+from kubetrain.trainer.tflib import keras, tf
+
+STEPS = 7  # not a multiple of the steps per call: an epoch ends on a shorter call
+
+
+def _batches() -> tf.data.Dataset:
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(STEPS * 16, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, STEPS * 16)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(16).repeat()
+
+
+def _model(weights: list[np.ndarray] | None = None) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+class BatchesSeen(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, dict[str, float]]] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.seen.append((batch, {k: float(v) for k, v in (logs or {}).items()}))
+
+
+def test_several_steps_a_call_train_exactly_as_keras_fit_does() -> None:
+    plain = _model()
+    compile_model(plain, 0.05)
+    start = plain.get_weights()
+    expected = plain.fit(_batches(), epochs=2, steps_per_epoch=STEPS, verbose=0).history
+
+    looped = _model(start)
+    compile_model(looped, 0.05, steps_per_execution=3)
+    stand_in = train_from_own_batches(looped, _batches())
+    history = looped.fit(stand_in, epochs=2, steps_per_epoch=STEPS, verbose=0).history
+
+    for name in ("loss", "accuracy"):
+        assert history[name] == pytest.approx(expected[name], rel=1e-5)
+    for got, want in zip(looped.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert int(looped.optimizer.iterations) == 2 * STEPS
+
+
+def test_callbacks_see_the_last_step_of_every_call_with_the_running_metrics() -> None:
+    model = _model()
+    compile_model(model, 0.05, steps_per_execution=3)
+    seen = BatchesSeen()
+    model.fit(
+        train_from_own_batches(model, _batches()),
+        epochs=1,
+        steps_per_epoch=STEPS,
+        callbacks=[seen],
+        verbose=0,
+    )
+    assert [batch for batch, _ in seen.seen] == [2, 5, 6]
+    for _, logs in seen.seen:
+        assert set(logs) == {"loss", "accuracy"}
+        assert 0 <= logs["accuracy"] <= 1
