@@ -169,7 +169,8 @@ def compile_model(
     """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given.
 
     The schedule is a function of the optimizer's step count, which BackupAndRestore restores,
-    so a resumed job continues on the same curve.
+    so a resumed job continues on the same curve. `steps_per_execution` is how many steps
+    `fit` runs per call into the graph (training uses `steps.STEPS_PER_CALL`).
     """
     rate = (
         keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)

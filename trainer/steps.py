@@ -1,8 +1,8 @@
 """Run several training steps per call into the graph, each worker fed from its own input.
 
 Keras' `fit` calls its train function once a step, and under MultiWorkerMirroredStrategy a
-step pays three times over for being distributed: the call itself costs several milliseconds,
-more than a small model's whole step; the strategy's distributed iterator hands a worker its
+step pays three times over for being distributed: the call itself has a fixed cost that a
+small model's short step cannot hide; the strategy's distributed iterator hands a worker its
 batch more slowly than the worker's own `tf.data` iterator; and the metrics Keras reads after
 every step are all-reduced across the workers, one more collective per step. Two workers of
 `mnist-dense` on one 2-core machine ran at a quarter of one worker's examples/second that way
