@@ -18,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kubetrain.trainer.api.spec import load_job
+from kubetrain.trainer.api.spec import SplitBy, load_job
 from kubetrain.trainer.runner import run_trials
 from kubetrain.trainer.trials import TrialState
+from trainer_accuracy import errors_by_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -53,6 +54,8 @@ def search(name: str, workdir: Path) -> dict:
         "epochs_planned": len(study.trials) * job.spec.training.epochs,
         "wall_seconds": round(seconds, 1),
     }
+    if job.spec.dataset.split_by == SplitBy.SCENE:
+        row["test_errors"] = errors_by_scene(job, result)
     print(json.dumps(row), flush=True)
     return row
 

@@ -165,8 +165,10 @@ def compile_model(
     learning_rate: float,
     decay_steps: int | None = None,
     steps_per_execution: int = 1,
+    weight_decay: float = 0.0,
 ) -> None:
-    """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given.
+    """Adam, with the learning rate decayed to zero along a cosine over `decay_steps` if given,
+    and AdamW's decoupled weight decay if `weight_decay` is not 0.
 
     The schedule is a function of the optimizer's step count, which BackupAndRestore restores,
     so a resumed job continues on the same curve. `steps_per_execution` is how many steps
@@ -177,8 +179,13 @@ def compile_model(
         if decay_steps
         else learning_rate
     )
+    optimizer = (
+        keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+        if weight_decay
+        else keras.optimizers.Adam(rate)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(rate),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,

@@ -79,3 +79,38 @@ def test_an_epoch_that_ends_in_nan_fails_the_job_for_good_naming_the_learning_ra
     stop.on_epoch_end(0, {"loss": 0.3, "val_accuracy": 0.9})  # finite: goes on
     with pytest.raises(SpecError, match=r"epoch 2: loss, val_loss not finite.*learningRate"):
         stop.on_epoch_end(1, {"loss": float("nan"), "val_loss": float("inf"), "accuracy": 0.1})
+
+
+def variation(chips: np.ndarray) -> np.ndarray:
+    """Each chip's mean step between neighbouring pixels, the same in every pose."""
+    across, down = (np.abs(np.diff(chips, axis=axis)).sum(axis=(1, 2, 3)) for axis in (1, 2))
+    return across + down
+
+
+def test_augmentation_blurs_about_half_the_chips_and_leaves_the_rest_sharp() -> None:
+    """Blurring averages neighbours, so a blurred chip's pixels vary less from one to the
+    next; the chips left sharp are their own pixels in another pose."""
+    from kubetrain.trainer.train import _augment
+
+    tf.random.set_seed(4)
+    chips = np.random.default_rng(4).integers(0, 256, size=(400, 20, 20, 3)).astype("float32")
+    labels = np.arange(400)
+    augmented, kept = _augment(tf.constant(chips), tf.constant(labels))
+    np.testing.assert_array_equal(kept.numpy(), labels)
+    steps, sharp = variation(augmented.numpy()), variation(chips)
+    blurred = steps < 0.9 * sharp
+    assert 0.4 < blurred.mean() < 0.6
+    np.testing.assert_allclose(steps[~blurred], sharp[~blurred], rtol=1e-5)
+    assert augmented.numpy().min() >= 0 and augmented.numpy().max() <= 255
+
+
+def test_weight_decay_trains_with_adamw_and_none_with_adam() -> None:
+    from kubetrain.trainer.models import compile_model
+
+    shape, classes = SHAPES["mnist"]
+    plain, decayed = (build_model("mnist-dense", shape, classes) for _ in range(2))
+    compile_model(plain, 0.001)
+    compile_model(decayed, 0.001, weight_decay=5e-4)
+    assert type(plain.optimizer).__name__ == "Adam"
+    assert type(decayed.optimizer).__name__ == "AdamW"
+    assert decayed.optimizer.weight_decay == pytest.approx(5e-4)

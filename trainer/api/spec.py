@@ -125,7 +125,9 @@ class Dataset(_Model):
         description="`scene` keeps all chips of a PlanesNet scene in one split, which measures "
         "generalisation honestly; `random` is a stratified random split.",
     )
-    augment: bool = Field(False, description="Random flips and 90-degree rotations (PlanesNet).")
+    augment: bool = Field(
+        False, description="Random flips, 90-degree rotations and blur (PlanesNet)."
+    )
     limit: int | None = Field(
         None, ge=10, description="Use at most this many training examples (quick trials)."
     )
@@ -146,6 +148,13 @@ class Training(_Model):
     epochs: int = Field(5, ge=1, le=1000, description="Passes over the training set.")
     batch_size: int = Field(128, ge=1, le=65536, description="Global batch, split across workers.")
     learning_rate: float = Field(0.001, gt=0, le=10, description="Adam's initial learning rate.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Decoupled weight decay per step, scaled by the learning rate (AdamW); "
+        "0 trains with plain Adam.",
+    )
     learning_rate_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="`cosine` decays the learning rate to zero by the last epoch."
     )
