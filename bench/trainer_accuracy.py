@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from fashion_mnist import prepare as prepare_fashion_mnist
-from kubetrain.trainer.api.layout import OUTPUT_NAME, SIGNATURE_NAME
 from kubetrain.trainer.api.records import Epoch, Record, Result
 from kubetrain.trainer.api.spec import SplitBy, TrainingJob, load_job
 from kubetrain.trainer.data import load_source, split
 from kubetrain.trainer.runner import Display, run_local
-from kubetrain.trainer.tflib import tf
+from kubetrain.trainer.server.model import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -89,8 +88,8 @@ class Quiet(Display):
             print(f"    epoch {record.epoch}: val_accuracy {accuracy:.4f}", flush=True)
 
 
-def run(path: Path, overrides: list[str], workdir: Path) -> Result:
-    return run_local(load_job(path, overrides), workdir, display=Quiet())
+def run(job: TrainingJob, workdir: Path) -> Result:
+    return run_local(job, workdir, display=Quiet())
 
 
 def errors_by_scene(job: TrainingJob, result: Result, worst: int = 3) -> dict:
@@ -99,24 +98,19 @@ def errors_by_scene(job: TrainingJob, result: Result, worst: int = 3) -> dict:
     moves the test accuracy by tenths of a percent."""
     source = load_source(job.spec.dataset)
     test = split(source, job.spec.dataset, job.spec.training.seed).test
-    images = source.train.read(test).astype(np.float32)
-    labels, scenes = source.train.labels[test], source.train.groups[test]
-    serve = tf.saved_model.load(result.model.path).signatures[SIGNATURE_NAME]
-    predicted = np.concatenate(
-        [
-            serve(images=tf.constant(images[i : i + 512]))[OUTPUT_NAME].numpy().argmax(1)
-            for i in range(0, len(images), 512)
-        ]
-    )
-    wrong = predicted != labels
+    exported = Path(result.model.path)
+    model = load_model(result.model.name, exported.parent, result.model.version)
+    predicted = model.predict(source.train.read(test).astype(np.float32)).argmax(axis=1)
+    scenes = source.train.groups[test]
+    wrong = scenes[predicted != source.train.labels[test]]
     chips = Counter(scenes)
     return {
-        "errors": int(wrong.sum()),
+        "errors": len(wrong),
         "scenes": len(chips),
-        "scenes_with_errors": len(set(scenes[wrong])),
+        "scenes_with_errors": len(set(wrong)),
         "worst_scenes": [
             {"scene": str(scene), "errors": count, "chips": chips[scene]}
-            for scene, count in Counter(scenes[wrong]).most_common(worst)
+            for scene, count in Counter(wrong).most_common(worst)
         ],
     }
 
@@ -126,7 +120,7 @@ def accuracy(name: str, workdir: Path) -> dict:
     if name == "fashion-mnist":
         prepare_fashion_mnist(FASHION_MNIST)
     job = load_job(path, overrides)
-    result = run_local(job, workdir / name, display=Quiet())
+    result = run(job, workdir / name)
     row = {
         "case": name,
         "test_accuracy": result.test_accuracy,
@@ -211,7 +205,7 @@ def example_time(workdir: Path) -> dict:
     """The example's wall time against its earlier settings, both measured here and now."""
     seconds = {}
     for label, overrides in (("now", []), ("earlier", EARLIER_EXAMPLE)):
-        result = run(MNIST, overrides, workdir / f"example-{label}")
+        result = run(load_job(MNIST, overrides), workdir / f"example-{label}")
         seconds[label] = result.wall_time_seconds
         seconds[f"{label}_test_accuracy"] = result.test_accuracy
     row = {
@@ -249,14 +243,11 @@ def main() -> None:
                     f"the whole run"
                 )
         else:
-            errors = row.get("test_errors")
             where = ""
-            if errors:
-                top = errors["worst_scenes"][0] if errors["worst_scenes"] else None
-                where = f"   {errors['errors']} errors in {errors['scenes_with_errors']} of " + (
-                    f"{errors['scenes']} scenes"
-                    + (f", {top['errors']} in one of {top['chips']} chips" if top else "")
-                )
+            if errors := row.get("test_errors"):
+                where = f"   {errors['errors']} errors in {errors['scenes_with_errors']} scenes"
+                for worst in errors["worst_scenes"][:1]:
+                    where += f", {worst['errors']} of {worst['chips']} chips in {worst['scene']}"
             print(
                 f"{row['case']:<15} {row['test_accuracy']:.4f}         {row['target']:.3f}    "
                 f"{'yes' if row['met'] else 'NO'}{where}"
