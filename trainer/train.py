@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
 from . import checkpoints
 from .api.entrypoints import CPUS_ENV
@@ -68,9 +69,32 @@ def _augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     return _soften(images), labels
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each class's weight, inversely proportional to its share of `labels`, so that every
+    class present carries the same total weight; a class with no examples weighs 1.
+
+    PlanesNet has three no-plane chips for every plane, and most of what a network trained
+    on it gets wrong in held-out scenes are planes it missed (13-25 of 19-33 test errors in
+    seven runs); weighing the planes more evens the two kinds of error out.
+    """
+    weights = np.ones(num_classes, np.float32)
+    present = np.unique(labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
 def _pipeline(
-    images: np.ndarray, labels: np.ndarray, batch: int, *, train: bool, augment: bool, seed: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int,
+    *,
+    train: bool,
+    augment: bool,
+    seed: int,
+    class_weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
+    """Batches of (float32 images, labels), with each example's class weight as a third
+    element when `class_weights` is given."""
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if train:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -78,6 +102,9 @@ def _pipeline(
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if class_weights is not None:
+        table = tf.constant(class_weights)
+        ds = ds.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -360,6 +387,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
     own_train = shard(parts.train, cluster.index, cluster.count, spec.training.seed)
     used_val = parts.validation[: val_batch * val_steps]
     own_val = shard(used_val, cluster.index, cluster.count, spec.training.seed)
+    train_labels = source.train.labels[parts.train]
     train_ds = _pipeline(
         source.train.read(own_train),
         source.train.labels[own_train],
@@ -367,6 +395,10 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         train=True,
         augment=spec.dataset.augment,
         seed=spec.training.seed,
+        # From the whole training split, so every worker weighs a class the same.
+        class_weights=balanced_class_weights(train_labels, len(source.class_names))
+        if spec.training.class_weight == "balanced"
+        else None,
     )
     val_ds = _pipeline(
         source.train.read(own_val),

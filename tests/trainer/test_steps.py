@@ -1,4 +1,5 @@
-"""Several steps per call, from the worker's own batches: the same training as Keras' `fit`."""
+"""Several steps per call, from the worker's own batches: the same training as Keras' `fit`,
+class weights included."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import pytest
 from kubetrain.trainer.models import compile_model
 from kubetrain.trainer.steps import train_from_own_batches
 from kubetrain.trainer.tflib import keras, tf
+from kubetrain.trainer.train import _pipeline, balanced_class_weights
 
 STEPS = 7  # not a multiple of the steps per call: an epoch ends on a shorter call
 
 
-def _batches() -> tf.data.Dataset:
+def _examples() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(3)
     images = rng.normal(size=(STEPS * 16, 6)).astype(np.float32)
-    labels = rng.integers(0, 3, STEPS * 16)
-    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(16).repeat()
+    labels = rng.choice(3, STEPS * 16, p=[0.6, 0.3, 0.1])
+    return images, labels
+
+
+def _batches() -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(_examples()).batch(16).repeat()
 
 
 def _model(weights: list[np.ndarray] | None = None) -> keras.Model:
@@ -68,3 +74,42 @@ def test_callbacks_see_the_last_step_of_every_call_with_the_running_metrics() ->
     for _, logs in seen.seen:
         assert set(logs) == {"loss", "accuracy"}
         assert 0 <= logs["accuracy"] <= 1
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_weight() -> None:
+    labels = np.array([0] * 6 + [1] * 2)
+    weights = balanced_class_weights(labels, 3)
+    assert weights[0] * 6 == pytest.approx(weights[1] * 2)
+    assert weights[0] * 6 + weights[1] * 2 == pytest.approx(len(labels))
+    assert weights[2] == 1  # no examples: nothing to weigh
+
+
+def test_class_weighted_batches_train_as_keras_fit_with_class_weight() -> None:
+    images, labels = _examples()
+    weights = balanced_class_weights(labels, 3)
+    plain = _model()
+    compile_model(plain, 0.05)
+    start = plain.get_weights()
+    expected = plain.fit(
+        _batches(),
+        epochs=2,
+        steps_per_epoch=STEPS,
+        class_weight=dict(enumerate(weights)),
+        verbose=0,
+    ).history
+
+    weighted = _pipeline(
+        images, labels, 16, train=False, augment=False, seed=0, class_weights=weights
+    )
+    looped = _model(start)
+    compile_model(looped, 0.05, steps_per_execution=3)
+    stand_in = train_from_own_batches(looped, weighted.repeat())
+    history = looped.fit(stand_in, epochs=2, steps_per_epoch=STEPS, verbose=0).history
+
+    assert history["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    for got, want in zip(looped.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    unweighted = _model(start)
+    compile_model(unweighted, 0.05)
+    unweighted.fit(_batches(), epochs=2, steps_per_epoch=STEPS, verbose=0)
+    assert not np.allclose(unweighted.get_weights()[0], plain.get_weights()[0])

@@ -155,6 +155,12 @@ class Training(_Model):
         description="Decoupled weight decay per step, scaled by the learning rate (AdamW); "
         "0 trains with plain Adam.",
     )
+    class_weight: Literal["none", "balanced"] = Field(
+        "none",
+        description="`balanced` weighs each example's loss inversely to its class's share of "
+        "the training split, so every class carries the same total weight (as scikit-learn's "
+        "`class_weight='balanced'`); `none` weighs all examples alike.",
+    )
     learning_rate_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="`cosine` decays the learning rate to zero by the last epoch."
     )
