@@ -28,7 +28,7 @@ from . import checkpoints
 from .api.entrypoints import CPUS_ENV
 from .api.layout import RESULT_FILE, Layout
 from .api.records import Batch, Epoch, Result, Resumed, Start, emit
-from .api.spec import SpecError, TrainingJob
+from .api.spec import ClassWeight, SpecError, TrainingJob
 from .api.status import ModelRef
 from .api.tfconfig import Cluster
 from .data import Source, load_source, shard, split
@@ -387,7 +387,12 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
     own_train = shard(parts.train, cluster.index, cluster.count, spec.training.seed)
     used_val = parts.validation[: val_batch * val_steps]
     own_val = shard(used_val, cluster.index, cluster.count, spec.training.seed)
-    train_labels = source.train.labels[parts.train]
+    class_weights = None
+    if spec.training.class_weight == ClassWeight.BALANCED:
+        # From the whole training split, so every worker weighs a class the same.
+        class_weights = balanced_class_weights(
+            source.train.labels[parts.train], len(source.class_names)
+        )
     train_ds = _pipeline(
         source.train.read(own_train),
         source.train.labels[own_train],
@@ -395,10 +400,7 @@ def train(job: TrainingJob, layout: Layout) -> Result | None:
         train=True,
         augment=spec.dataset.augment,
         seed=spec.training.seed,
-        # From the whole training split, so every worker weighs a class the same.
-        class_weights=balanced_class_weights(train_labels, len(source.class_names))
-        if spec.training.class_weight == "balanced"
-        else None,
+        class_weights=class_weights,
     )
     val_ds = _pipeline(
         source.train.read(own_val),

@@ -77,6 +77,11 @@ class SplitBy(StrEnum):
     SCENE = "scene"
 
 
+class ClassWeight(StrEnum):
+    NONE = "none"
+    BALANCED = "balanced"
+
+
 class Architecture(StrEnum):
     """Networks a job can train; the first two per dataset are the seed's."""
 
@@ -155,8 +160,8 @@ class Training(_Model):
         description="Decoupled weight decay per step, scaled by the learning rate (AdamW); "
         "0 trains with plain Adam.",
     )
-    class_weight: Literal["none", "balanced"] = Field(
-        "none",
+    class_weight: ClassWeight = Field(
+        ClassWeight.NONE,
         description="`balanced` weighs each example's loss inversely to its class's share of "
         "the training split, so every class carries the same total weight (as scikit-learn's "
         "`class_weight='balanced'`); `none` weighs all examples alike.",
