@@ -378,7 +378,8 @@ def _progress(namespace: str, name: str, status: dict[str, Any], metric: str) ->
 def _trials_plan(
     body: dict[str, Any], job: TrainingJob, status: dict[str, Any], now: datetime
 ) -> reconcile.Plan:
-    """A job with spec.trials while it trains: its trials' jobs observed, created, stopped.
+    """A job with spec.trials while it trains: its trials' jobs (and its refit's) observed,
+    created, stopped.
 
     Trial jobs are created before the status that counts them is written: a lost status
     update leaves a job that the next tick adopts, never a trial counted and not running.
@@ -395,16 +396,29 @@ def _trials_plan(
     drawn = candidates(job)
     plan = trials.plan(job, drawn, status, seen, now, meta.get("generation"))
     for index in plan.create_trials:
-        try:
-            kube().create(trainingjob_path(namespace), trials.trial_job(body, drawn[index]))
-        except ApiError as err:
-            problem = reconcile.creation_problem(err.status, err.message)
-            if problem is None or not problem.permanent:
-                raise  # a passing fault, or one that may clear (a quota): retried
-            trials.refuse(plan, index, err.message)
+        refused = _create_child(namespace, trials.trial_job(body, drawn[index]))
+        if refused is not None:
+            trials.refuse(plan, index, refused)
+    if plan.create_refit is not None:
+        refused = _create_child(namespace, trials.refit_job(body, job, drawn[plan.create_refit]))
+        if refused is not None:
+            trials.refuse_refit(plan, refused)
     for trial in plan.delete_trials:
         kube().delete(trainingjob_path(namespace, trial))
     return plan
+
+
+def _create_child(namespace: str, manifest: dict[str, Any]) -> str | None:
+    """Create a trial's (or the refit's) TrainingJob; the API server's message if it refused
+    it for good. A passing fault, or one that may clear (a quota), raises: retried."""
+    try:
+        kube().create(trainingjob_path(namespace), manifest)
+    except ApiError as err:
+        problem = reconcile.creation_problem(err.status, err.message)
+        if problem is None or not problem.permanent:
+            raise
+        return err.message
+    return None
 
 
 def _promote(

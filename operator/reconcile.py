@@ -61,6 +61,8 @@ class Plan:
     """With spec.trials: the trials whose TrainingJobs to create."""
     delete_trials: list[str] = field(default_factory=list)
     """With spec.trials: trial TrainingJobs to delete (stopped early, or the job failed)."""
+    create_refit: int | None = None
+    """With spec.trials.refit: the trial whose parameters the refit's TrainingJob trains."""
     tensorboard: TensorBoardAction | None = None
     """Create or delete the job's TensorBoard (`tensorboard.action`); the handler records
     the outcome in `status.tensorboard`."""

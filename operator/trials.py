@@ -3,8 +3,10 @@
 Katib runs trials and promotes nothing; a TFJob has no notion of best. Here the job creates
 its trials' jobs `parallelism` at a time (the candidates `kubetrain run` would train, from the
 trainer's `trials.candidates`), stops those the median rule gives up on by deleting them, and
-once every trial has ended takes the best one's exported model as its own: from there it is
-Succeeded and promotion runs as for any job. What became of each trial is kept in the job's
+once every trial has ended takes the best one's exported model as its own (or, with
+`spec.trials.refit`, the model of a last TrainingJob that trains the best one's parameters on
+the training and validation splits together): from there it is Succeeded and promotion runs
+as for any job. What became of each trial is kept in the job's
 status, so a trial job that is gone (stopped, or deleted by someone) is never needed again.
 
 `plan` is pure: the handler lists the trial jobs, calls it and carries out its actions.
@@ -19,14 +21,15 @@ from kubetrain.operator.manifests import owner_reference
 from kubetrain.operator.reconcile import Plan, StatusBuilder
 from kubetrain.operator.status import metric_values, parse_time
 from kubetrain.trainer.api.metrics import better
-from kubetrain.trainer.api.spec import TRIAL_SUFFIX, TrainingJob
+from kubetrain.trainer.api.spec import REFIT_SUFFIX, TRIAL_SUFFIX, TrainingJob
 from kubetrain.trainer.api.status import ConditionType, Phase, Reason
-from kubetrain.trainer.trials import Candidate, TrialState, describe, median_stop, rank
+from kubetrain.trainer.trials import Candidate, TrialState, describe, median_stop, rank, refit
 
 LABEL_TRIAL_OF = "kubetrain.io/trial-of"
 """On a trial's TrainingJob: the job it is a trial of."""
 LABEL_TRIAL = "kubetrain.io/trial"
-"""On a trial's TrainingJob: its index."""
+"""On a trial's TrainingJob: its index; on the refit's, `REFIT`."""
+REFIT = "refit"
 
 ENDED = {TrialState.SUCCEEDED, TrialState.EARLY_STOPPED, TrialState.FAILED}
 
@@ -35,12 +38,29 @@ def trial_job_name(job: str, index: int) -> str:
     return f"{job}{TRIAL_SUFFIX}{index}"
 
 
+def refit_job_name(job: str) -> str:
+    return f"{job}{REFIT_SUFFIX}"
+
+
 def trial_job(body: dict[str, Any], candidate: Candidate) -> dict[str, Any]:
-    """The TrainingJob of one trial: the candidate's spec, owned by the job (deleting the job
-    deletes its trials and their pods). It promotes nothing and keeps no deadline, TTL or
-    TensorBoard of its own: the job decides those for all its trials."""
+    """The TrainingJob of one trial: the candidate's spec, owned by the job."""
+    name = trial_job_name(body["metadata"]["name"], candidate.index)
+    return _child_job(body, name, str(candidate.index), candidate.job)
+
+
+def refit_job(body: dict[str, Any], job: TrainingJob, winner: Candidate) -> dict[str, Any]:
+    """The TrainingJob of `spec.trials.refit`: the winner's parameters on the training and
+    validation splits together, owned by the job."""
+    name = refit_job_name(body["metadata"]["name"])
+    return _child_job(body, name, REFIT, refit(job, winner.parameters))
+
+
+def _child_job(body: dict[str, Any], name: str, label: str, job: TrainingJob) -> dict[str, Any]:
+    """A TrainingJob the job trains through, owned by it (deleting the job deletes it and
+    its pods). It promotes nothing and keeps no deadline, TTL or TensorBoard of its own:
+    the job decides those for all it runs."""
     meta = body["metadata"]
-    spec = candidate.job.spec
+    spec = job.spec
     spec = spec.model_copy(
         update={
             "promotion": spec.promotion.model_copy(update={"enabled": False}),
@@ -54,9 +74,9 @@ def trial_job(body: dict[str, Any], candidate: Candidate) -> dict[str, Any]:
         "apiVersion": body["apiVersion"],
         "kind": body["kind"],
         "metadata": {
-            "name": trial_job_name(meta["name"], candidate.index),
+            "name": name,
             "namespace": meta["namespace"],
-            "labels": {LABEL_TRIAL_OF: meta["name"], LABEL_TRIAL: str(candidate.index)},
+            "labels": {LABEL_TRIAL_OF: meta["name"], LABEL_TRIAL: label},
             "ownerReferences": [owner_reference(body)],
         },
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -64,11 +84,12 @@ def trial_job(body: dict[str, Any], candidate: Candidate) -> dict[str, Any]:
 
 
 def summarize(body: dict[str, Any]) -> dict[str, Any]:
-    """What `plan` reads of a trial's TrainingJob."""
+    """What `plan` reads of a trial's (or the refit's) TrainingJob."""
     meta = body["metadata"]
     owners = meta.get("ownerReferences") or []
+    label = meta["labels"][LABEL_TRIAL]
     return {
-        "index": int(meta["labels"][LABEL_TRIAL]),
+        "index": label if label == REFIT else int(label),
         "name": meta["name"],
         "owner": next((o["uid"] for o in owners if o.get("controller")), None),
         "deleting": bool(meta.get("deletionTimestamp")),
@@ -120,6 +141,37 @@ def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder
         row["state"] = TrialState.FAILED
         row["message"] = status.get("lastFailure") or "its chief exported no model"
         b.event("Warning", Reason.TRIAL_FAILED, f"trial {row['index']}: {row['message']}")
+
+
+def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusBuilder) -> None:
+    """Bring the refit's row up to date with its job; record how it ended, once."""
+    if row["state"] in ENDED:
+        return
+    fallback = f"the job exports trial {row['trial']}'s own model"
+    if refit is None or refit["deleting"]:
+        if row["state"] == TrialState.RUNNING:
+            row["state"] = TrialState.FAILED
+            row["message"] = f"its TrainingJob {row['job']} was deleted before it finished"
+            b.event("Warning", Reason.REFIT_FAILED, f"refit: {row['message']}; {fallback}")
+        return
+    status = refit["status"]
+    row["state"] = TrialState.RUNNING  # also a job created on a tick whose status was lost
+    row["epochs"] = int(status.get("epoch") or 0)
+    phase = status.get("phase")
+    if phase == Phase.SUCCEEDED and status.get("model"):
+        row["state"] = TrialState.SUCCEEDED
+        row["model"] = status["model"]
+        row["testMetrics"] = status.get("testMetrics") or {}
+        b.event(
+            "Normal",
+            Reason.REFIT_SUCCEEDED,
+            f"refit of trial {row['trial']} finished: test accuracy "
+            f"{row['testMetrics'].get('test_accuracy')}",
+        )
+    elif phase in (Phase.SUCCEEDED, Phase.FAILED):
+        row["state"] = TrialState.FAILED
+        row["message"] = status.get("lastFailure") or "its chief exported no model"
+        b.event("Warning", Reason.REFIT_FAILED, f"refit: {row['message']}; {fallback}")
 
 
 def _stop_weak(job: TrainingJob, rows: dict[int, dict[str, Any]], b: StatusBuilder) -> list[str]:
@@ -185,13 +237,17 @@ def plan(
     seen = {t["index"]: t for t in trials}
     for index, row in rows.items():
         _observe(row, seen.get(index), b)
+    refit_row = dict(status["refit"]) if status.get("refit") else None
+    if refit_row is not None:
+        _observe_refit(refit_row, seen.get(REFIT), b)
+        b.new["refit"] = refit_row
 
     deadline = spec.run_policy.active_deadline_seconds
     started = parse_time(b.new.get("startTime"))
     if deadline is not None and started and now >= started + timedelta(seconds=deadline):
         message = f"the job ran longer than activeDeadlineSeconds ({deadline}s)"
-        for row in rows.values():
-            if row["state"] == TrialState.RUNNING:
+        for row in [*rows.values(), refit_row or {}]:
+            if row.get("state") == TrialState.RUNNING:
                 row["state"] = TrialState.FAILED
                 row["message"] = message
                 b.plan.delete_trials.append(row["job"])
@@ -232,14 +288,41 @@ def plan(
             f"none of the {count} trial(s) succeeded ({failures})",
         )
         return _finish(b, rows, metric)
-    b.new["phase"] = Phase.SUCCEEDED
-    b.new["completionTime"] = b.stamp
-    b.new["model"] = winner["model"]
     message = (
         f"trial {winner['index']} ({winner['parameters']}) has the best {metric}, "
-        f"{winner['bestMetric']}; its model is {winner['model']['name']} version "
-        f"{winner['model']['version']}"
+        f"{winner['bestMetric']}"
     )
+    if spec.trials.refit and refit_row is None:
+        refit_row = {
+            "trial": winner["index"],
+            "job": refit_job_name(name),
+            "state": TrialState.RUNNING,
+            "epochs": 0,
+        }
+        b.new["refit"] = refit_row
+        b.plan.create_refit = winner["index"]
+        b.event(
+            "Normal",
+            Reason.REFITTING,
+            f"{message}: training its parameters on the training and validation splits "
+            f"together as {refit_row['job']}",
+        )
+    if refit_row is not None and refit_row["state"] not in ENDED:
+        b.new["phase"] = Phase.RUNNING
+        b.condition(
+            ConditionType.RUNNING,
+            True,
+            Reason.REFITTING,
+            f"all {count} trial(s) ended; {message}; its refit {refit_row['job']} is training",
+        )
+        return _finish(b, rows, metric)
+    refitted = refit_row is not None and refit_row["state"] == TrialState.SUCCEEDED
+    model = refit_row["model"] if refitted else winner["model"]
+    b.new["phase"] = Phase.SUCCEEDED
+    b.new["completionTime"] = b.stamp
+    b.new["model"] = model
+    source = "its refit on training + validation" if refitted else "its model"
+    message += f"; {source} is {model['name']} version {model['version']}"
     b.condition(ConditionType.RUNNING, False, Reason.COMPLETED, "")
     b.condition(ConditionType.SUCCEEDED, True, Reason.BEST_TRIAL, message)
     b.event("Normal", Reason.SUCCEEDED, f"All {count} trial(s) ended: {message}")
@@ -248,6 +331,9 @@ def plan(
     for key in ("bestCheckpoint", "bestMetrics", "testMetrics"):
         if winning.get(key):
             b.new[key] = winning[key]
+    if refitted and refit_row.get("testMetrics"):
+        # The search's validation estimate stands; the test split is the refit's to measure.
+        b.new["testMetrics"] = refit_row["testMetrics"]
     return _finish(b, rows, metric)
 
 
@@ -261,6 +347,20 @@ def refuse(plan: Plan, index: int, error: str) -> None:
     row["message"] = f"the API server refused its TrainingJob {row['job']}: {error}"
     plan.status["trialsProgress"] = progress(board)
     plan.events.append(("Warning", Reason.TRIAL_FAILED, f"trial {index}: {row['message']}"))
+
+
+def refuse_refit(plan: Plan, error: str) -> None:
+    """The API server refused the refit's job for good: the best trial's model is the job's."""
+    row = plan.status["refit"]
+    row["state"] = TrialState.FAILED
+    row["message"] = f"the API server refused its TrainingJob {row['job']}: {error}"
+    plan.events.append(
+        (
+            "Warning",
+            Reason.REFIT_FAILED,
+            f"refit: {row['message']}; the next reconcile exports trial {row['trial']}'s model",
+        )
+    )
 
 
 def progress(board: list[dict[str, Any]]) -> str:

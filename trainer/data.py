@@ -302,7 +302,8 @@ def _load_remote(dataset: Dataset) -> Source:
 
 
 def split(source: Source, dataset: Dataset, seed: int) -> Split:
-    """Stratified, seeded train/validation(/test) split; by scene when asked."""
+    """Stratified, seeded train/validation(/test) split; by scene when asked. With
+    `trainOnValidation` the validation examples are in the training split as well."""
     n = len(source.train)
     indices = np.arange(n)
     labels = source.train.labels
@@ -328,6 +329,8 @@ def split(source: Source, dataset: Dataset, seed: int) -> Split:
             )
     if dataset.limit is not None:
         train = np.random.default_rng(seed).permutation(train)[: dataset.limit]
+    if dataset.train_on_validation:  # a refit: the split is drawn as the trials' was
+        train = np.concatenate([train, validation])
     return Split(train=np.sort(train), validation=np.sort(validation), test=np.sort(test))
 
 

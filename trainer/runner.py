@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .api.entrypoints import (
     ATTEMPT_ENV,
@@ -33,6 +33,7 @@ from .api.entrypoints import (
 )
 from .api.layout import (
     MODELS_DIR,
+    REFIT_DIR,
     RESULT_FILE,
     TRIALS_DIR,
     TRIALS_FILE,
@@ -59,7 +60,7 @@ from .checkpoints import best_checkpoint, list_checkpoints
 from .storage import Store, join
 
 if TYPE_CHECKING:
-    from .trials import Study
+    from .trials import Refit, Study, TrialOutcome
 
 
 class JobFailed(RuntimeError):
@@ -451,19 +452,55 @@ def run_trials(job: TrainingJob, workdir: Path) -> tuple[Result, Study]:
             f"no trial succeeded (see each trial's logs in {workdir / TRIALS_DIR}/<index>/logs)"
         )
     winner = results[best.index]
-    exported = republish(
-        winner.model.path or "",
-        model_root,
-        job.spec.model_name,
-        {"trial": best.index, "parameters": best.parameters},
-    )
+    metadata: dict[str, Any] = {"trial": best.index, "parameters": best.parameters}
+    refit = None
+    if job.spec.trials.refit:
+        refit, refitted = _refit(job, best, workdir, state)
+        if refitted is not None:
+            # Its validation metrics measure examples it learned: the search's estimate stands.
+            winner = refitted.model_copy(update={"validation": winner.validation})
+            metadata |= {"refit": True, "metrics": {**winner.validation, **winner.test}}
+    exported = republish(winner.model.path or "", model_root, job.spec.model_name, metadata)
     model = ModelRef(name=exported.name, version=exported.version, path=exported.path)
     result = winner.model_copy(update={"model": model})
-    report = trials.Study(metric=metric, best=best.index, trials=outcomes)
+    report = trials.Study(metric=metric, best=best.index, trials=outcomes, refit=refit)
     store = Store.open(state)
     store.write_text(TRIALS_FILE, report.model_dump_json(by_alias=True, indent=2) + "\n")
     store.write_text(RESULT_FILE, json.dumps(result.document(), indent=2))
     return result, report
+
+
+def _refit(
+    job: TrainingJob, best: TrialOutcome, workdir: Path, state: str
+) -> tuple[Refit, Result | None]:
+    """Train the best trial's parameters on the training and validation splits together
+    (`spec.trials.refit`); a refit that fails leaves the best trial's model to export."""
+    from .trials import Refit, TrialState, refit
+
+    display = Display(label="refit")
+    display.note(f"trial {best.index}'s parameters, on the training and validation splits")
+    refit_state = join(state, TRIALS_DIR, REFIT_DIR)
+    layout = Layout(workdir=refit_state, model_root=join(refit_state, MODELS_DIR))
+    try:
+        result = run_job(
+            refit(job, best.parameters),
+            workdir / TRIALS_DIR / REFIT_DIR,
+            layout.workdir,
+            layout.model_root,
+            display,
+        )
+    except JobFailed as err:
+        message = f"{err}; exporting trial {best.index}'s own model"
+        display.note(message)
+        return Refit(
+            trial=best.index, state=TrialState.FAILED, workdir=refit_state, message=message
+        ), None
+    return Refit(
+        trial=best.index,
+        state=TrialState.SUCCEEDED,
+        test_accuracy=result.test_accuracy,
+        workdir=refit_state,
+    ), result
 
 
 def _history(values: dict[int, float]) -> list[float]:

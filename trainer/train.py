@@ -503,12 +503,16 @@ def finish(
     scratch: Path,
     fence: Fence,
 ) -> Result:
-    """Evaluate the best epoch on the test split, export it and write result.json (unless a
-    later attempt has started meanwhile: `fence`)."""
+    """Evaluate the best epoch (the last, for a job trained on its validation split) on the
+    test split, export it and write result.json (unless a later attempt has started
+    meanwhile: `fence`)."""
     spec = job.spec
     metric = spec.training.metric
     stored = Store.open(layout.checkpoints)
-    best = checkpoints.best_checkpoint(checkpoints.list_checkpoints(stored), metric)
+    kept = checkpoints.list_checkpoints(stored)
+    best = checkpoints.best_checkpoint(kept, metric)
+    if spec.dataset.train_on_validation:  # the metric would choose what memorised it best
+        best = kept[-1]
     model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
     compile_model(model, spec.training.learning_rate)
     model.load_weights(str(checkpoints.weights(stored, best, scratch / "best"))).expect_partial()

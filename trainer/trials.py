@@ -91,6 +91,14 @@ def apply(job: TrainingJob, parameters: dict[str, Any]) -> TrainingJob:
     return parse_job(document)
 
 
+def refit(job: TrainingJob, parameters: dict[str, Any]) -> TrainingJob:
+    """`spec.trials.refit`'s job: the winning parameters trained on the training and
+    validation splits together, for all of the spec's epochs."""
+    document = apply(job, parameters).model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["spec"]["dataset"]["trainOnValidation"] = True
+    return parse_job(document)
+
+
 def candidates(job: TrainingJob) -> list[Candidate]:
     """Every trial of the job, each a valid TrainingJob, or SpecError before any trains."""
     found = []
@@ -178,12 +186,25 @@ class TrialOutcome(_Wire):
     """Why it stopped early or failed."""
 
 
+class Refit(_Wire):
+    """What became of `spec.trials.refit`: the best trial's parameters trained again."""
+
+    trial: int
+    """The trial whose parameters it trained."""
+    state: TrialState
+    test_accuracy: float | None = None
+    workdir: str
+    message: str | None = None
+    """Why it failed (the best trial's own model was exported instead)."""
+
+
 class Study(_Wire):
-    """`trials.json`: every trial, and the one whose model the job exported."""
+    """`trials.json`: every trial, the one that won, and its refit if the job asked for one."""
 
     metric: str
     best: int | None
     trials: list[TrialOutcome]
+    refit: Refit | None = None
 
 
 def best_trial(metric: str, outcomes: Sequence[TrialOutcome]) -> TrialOutcome | None:
@@ -212,7 +233,7 @@ def ranked(metric: str, outcomes: Sequence[TrialOutcome]) -> list[TrialOutcome]:
 
 
 def leaderboard(study: Study) -> str:
-    """The trials as a table for a person, best first; `*` marks the exported one."""
+    """The trials as a table for a person, best first; `*` marks the winner."""
     header = f"  {'trial':>5}  {'state':<12}  {'epochs':>6}  {study.metric:>12}  parameters"
     lines = [header]
     for o in ranked(study.metric, study.trials):
@@ -222,4 +243,6 @@ def leaderboard(study: Study) -> str:
             f"{mark} {o.index:>5}  {o.state:<12}  {o.epochs:>6}  {value:>12}  "
             f"{describe(o.parameters)}"
         )
+    if study.refit is not None:
+        lines.append(f"  refit of trial {study.refit.trial}: {study.refit.state}")
     return "\n".join(lines)

@@ -33,6 +33,8 @@ attempt = int(os.environ[entrypoints.ATTEMPT_ENV])
 job = parse_job(json.loads(os.environ[entrypoints.JOB_ENV]))
 total = job.spec.training.epochs
 plan.update((plan.get("byLearningRate") or {}).get(repr(job.spec.training.learning_rate), {}))
+if job.spec.dataset.train_on_validation:
+    plan.update(plan.get("refit") or {})
 
 def finish(code, message):
     try:
@@ -155,13 +157,14 @@ def worker_command(
     export: bool = True,
     loadable: bool = True,
     by_learning_rate: dict[float, dict[str, Any]] | None = None,
+    refit: dict[str, Any] | None = None,
 ) -> list[str]:
     """python3 running WORKER with its plan.
 
     `stop` = {index, epoch, code, attempts?, message?}: that worker exits with `code` at the
     end of `epoch` (in the listed attempts, or every attempt). `by_learning_rate`: plan
     entries (`valAccuracy`, `version`, `stop`, ...) for jobs with that learning rate, as the
-    trials of one job have.
+    trials of one job have; `refit`: plan entries for a job trained on its validation split.
     """
     plan = {
         "epochSeconds": epoch_seconds,
@@ -171,6 +174,7 @@ def worker_command(
         "export": export,
         "loadable": loadable,
         "byLearningRate": {repr(k): v for k, v in (by_learning_rate or {}).items()},
+        "refit": refit,
     }
     return ["python3", "-c", f"PLAN = {json.dumps(json.dumps(plan))}\n{UNLOADABLE}{WORKER}"]
 

@@ -581,3 +581,46 @@ def test_trials_run_as_jobs_of_their_own_and_the_best_ones_model_is_promoted(ns:
     ns("delete", "tj", "search", "--wait=true")
     ns.wait_for("tj -l kubetrain.io/trial-of=search", lambda t: not t["items"], timeout=60)
     ns.wait_for("pods -l kubetrain.io/role=worker", lambda p: not p["items"], timeout=60)
+
+
+def test_a_refit_trains_the_winners_parameters_again_and_its_model_is_promoted(ns: Kubectl):
+    """The refit scores 0.99 on the validation split it trained on; the job keeps the
+    search's 0.95, which is what the served model's annotation records."""
+    weak, best = 0.1, 0.01
+    worker = worker_command(
+        epoch_seconds=1,
+        by_learning_rate={weak: {"valAccuracy": 0.70, "version": 1}, best: {"version": 2}},
+        refit={"valAccuracy": 0.99, "version": 3},
+        val_accuracy=0.95,
+    )
+    trials = {
+        "count": 2,
+        "parallelism": 2,
+        "algorithm": "grid",
+        "parameters": {"training.learningRate": {"values": [weak, best]}},
+        "refit": True,
+    }
+    with operator(ns, worker):
+        ns.apply(
+            trainingjob(
+                "search",
+                training={"epochs": 3},
+                workers={"replicas": 1},
+                trials=trials,
+                promotion={"enabled": True, "deployment": "digits-serving", "replicas": 1},
+            )
+        )
+        refitting = ns.wait_for("tj search-refit", lambda t: t.get("metadata"), timeout=120)
+        done = ns.wait_for("tj search", phase_in("Promoted", "Failed"), timeout=300)
+    status = done["status"]
+    assert status["phase"] == "Promoted", json.dumps(status, indent=1)
+    assert refitting["spec"]["dataset"]["trainOnValidation"] is True
+    assert refitting["spec"]["training"]["learningRate"] == best
+    assert refitting["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]
+    assert status["refit"]["state"] == "Succeeded" and status["refit"]["trial"] == 1
+    assert status["model"]["version"] == 3
+    assert status["served"] == "digits-serving:3"
+    assert status["bestMetrics"]["val_accuracy"] == 0.95
+    assert {"Refitting", "RefitSucceeded"} <= {r for r, _ in events(ns, "search")}
+    ns("delete", "tj", "search", "--wait=true")
+    ns.wait_for("tj -l kubetrain.io/trial-of=search", lambda t: not t["items"], timeout=60)

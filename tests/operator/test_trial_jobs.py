@@ -37,7 +37,7 @@ def after(status: dict[str, Any], plan) -> dict[str, Any]:
 
 
 def trial(
-    index: int,
+    index: int | str,
     phase: str | None = "Running",
     history: list[float] | None = None,
     model_version: int | None = None,
@@ -64,7 +64,7 @@ def trial(
     return trials.summarize(
         {
             "metadata": {
-                "name": f"mnist-t{index}",
+                "name": f"mnist-t{index}" if index != trials.REFIT else "mnist-refit",
                 "labels": {trials.LABEL_TRIAL_OF: "mnist", trials.LABEL_TRIAL: str(index)},
                 "ownerReferences": [{"uid": owner, "controller": True}],
             },
@@ -261,3 +261,105 @@ def test_a_job_whose_every_trial_is_refused_fails():
     assert "the spec is invalid" in final["lastFailure"]
     failed = [c for c in final["conditions"] if c["type"] == "Failed"]
     assert failed[0]["reason"] == Reason.NO_TRIAL_SUCCEEDED
+
+
+def ended_trials(b: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A job's status and trial jobs once its three trials ended: trial 1 won."""
+    status = after({}, tick(b, {}, []))
+    status["trials"] = [{**r, "state": "Running"} for r in status["trials"]]
+    seen = [
+        trial(0, "Succeeded", [0.9, 0.95], model_version=4),
+        trial(1, "Succeeded", [0.91, 0.97], model_version=5),
+        trial(2, "Succeeded", [0.9, 0.93], model_version=6),
+    ]
+    return status, seen
+
+
+def test_with_refit_the_winners_parameters_train_again_before_the_job_succeeds():
+    b = trials_body(refit=True)
+    status, seen = ended_trials(b)
+    plan = tick(b, status, seen)
+    assert plan.create_refit == 1
+    refitting = after(status, plan)
+    assert refitting["phase"] == Phase.RUNNING
+    assert refitting["refit"] == {"trial": 1, "job": "mnist-refit", "state": "Running", "epochs": 0}
+    assert "model" not in refitting
+    assert not plan.promote
+    running = next(c for c in refitting["conditions"] if c["type"] == "Running")
+    assert running["reason"] == Reason.REFITTING
+
+    j = job(b)
+    manifest = trials.refit_job(b, j, candidates(j)[1])
+    assert manifest["metadata"]["name"] == "mnist-refit"
+    assert manifest["metadata"]["labels"][trials.LABEL_TRIAL] == trials.REFIT
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"
+    spec = manifest["spec"]
+    assert spec["dataset"]["trainOnValidation"] is True
+    assert spec["training"]["learningRate"] == RATES[1]
+    assert "trials" not in spec and spec["promotion"]["enabled"] is False
+
+    # Adopted on the next tick, not created again, until it ends.
+    status = after(status, plan)
+    plan = tick(b, status, [*seen, trial(trials.REFIT, "Running", [0.99])])
+    assert plan.create_refit is None
+    assert after(status, plan)["phase"] == Phase.RUNNING
+
+
+def test_a_refit_that_succeeds_gives_the_job_its_model_and_test_metrics_not_its_validation():
+    b = trials_body(refit=True)
+    status, seen = ended_trials(b)
+    status = after(status, tick(b, status, seen))
+    refit = trial(trials.REFIT, "Succeeded", [0.995, 0.999], model_version=7)
+    refit["status"]["testMetrics"] = {"test_accuracy": 0.98}
+    plan = tick(b, status, [*seen, refit])
+    assert plan.status["phase"] == Phase.SUCCEEDED
+    assert plan.status["model"] == {"name": "mnist", "version": 7}
+    assert plan.status["testMetrics"] == {"test_accuracy": 0.98}
+    # What the promotion gate compares is the search's estimate, not the refit's own score.
+    assert plan.status["bestCheckpoint"]["value"] == 0.97
+    assert plan.status["bestMetrics"]["val_accuracy"] == 0.97
+    assert plan.status["refit"]["state"] == "Succeeded"
+    assert plan.promote
+    succeeded = next(c for c in plan.status["conditions"] if c["type"] == "Succeeded")
+    assert "its refit on training + validation is mnist version 7" in succeeded["message"]
+
+
+def test_a_refit_that_fails_leaves_the_job_the_best_trials_model():
+    b = trials_body(refit=True)
+    status, seen = ended_trials(b)
+    status = after(status, tick(b, status, seen))
+    failed = trial(trials.REFIT, "Failed", [0.5], failure="mnist-refit-worker-0 OOMKilled")
+    plan = tick(b, status, [*seen, failed])
+    assert plan.status["phase"] == Phase.SUCCEEDED
+    assert plan.status["model"] == {"name": "mnist", "version": 5}
+    assert plan.status["refit"]["message"] == "mnist-refit-worker-0 OOMKilled"
+    warnings = [m for t, r, m in plan.events if r == Reason.REFIT_FAILED]
+    assert warnings == [
+        "refit: mnist-refit-worker-0 OOMKilled; the job exports trial 1's own model"
+    ]
+    assert plan.promote
+
+
+def test_a_refit_the_api_server_refuses_leaves_the_job_the_best_trials_model():
+    b = trials_body(refit=True)
+    status, seen = ended_trials(b)
+    plan = tick(b, status, seen)
+    trials.refuse_refit(plan, "exceeded quota: trainingjobs")
+    status = after(status, plan)
+    assert status["refit"]["state"] == "Failed"
+    assert "refused its TrainingJob mnist-refit" in status["refit"]["message"]
+    final = tick(b, status, seen)
+    assert final.create_refit is None
+    assert final.status["phase"] == Phase.SUCCEEDED
+    assert final.status["model"] == {"name": "mnist", "version": 5}
+
+
+def test_the_active_deadline_deletes_a_running_refit():
+    b = trials_body(refit=True)
+    b["spec"]["runPolicy"] = {"activeDeadlineSeconds": 60}
+    status, seen = ended_trials(b)
+    status = after(status, tick(b, status, seen))
+    refit = trial(trials.REFIT, "Running", [0.99])
+    plan = tick(b, status, [*seen, refit], now=NOW + timedelta(seconds=61))
+    assert plan.status["phase"] == Phase.FAILED
+    assert plan.delete_trials == ["mnist-refit"]

@@ -164,6 +164,19 @@ def test_scene_split_keeps_each_scene_on_one_side(tmp_path: Path) -> None:
     assert len(parts.train) + len(parts.validation) + len(parts.test) == 300
 
 
+def test_a_refit_trains_on_the_validation_split_too_and_never_on_the_test_split(
+    tmp_path: Path,
+) -> None:
+    source = load_planesnet(write_planesnet_folder(tmp_path, count=300, scenes=20))
+    held = Dataset(name="planesnet", source=str(tmp_path), split_by="scene")
+    refit = held.model_copy(update={"train_on_validation": True})
+    searched, refitted = split(source, held, seed=3), split(source, refit, seed=3)
+    assert sorted(refitted.train) == sorted([*searched.train, *searched.validation])
+    assert np.array_equal(refitted.validation, searched.validation)
+    assert np.array_equal(refitted.test, searched.test)
+    assert set(refitted.train).isdisjoint(refitted.test)
+
+
 def test_scene_split_needs_scene_ids(tmp_path: Path) -> None:
     path = write_planesnet_json(tmp_path / "p.json", count=50)
     document = json.loads(path.read_text())

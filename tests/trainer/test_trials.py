@@ -19,6 +19,7 @@ from kubetrain.trainer.trials import (
     best_trial,
     candidates,
     median_stop,
+    refit,
     sample,
 )
 
@@ -106,7 +107,27 @@ def test_each_candidate_is_the_spec_with_its_parameters_and_without_trials():
         assert candidate.job.metadata.name == job.metadata.name
 
 
+def test_the_refit_is_the_winners_candidate_trained_on_the_validation_split_too():
+    job = trials_job({"count": 3, "seed": 1, "parameters": SPACE, "refit": True})
+    winner = candidates(job)[2]
+    spec = refit(job, winner.parameters).spec
+    assert spec.dataset.train_on_validation
+    assert (
+        spec.model_copy(
+            update={"dataset": spec.dataset.model_copy(update={"train_on_validation": False})}
+        )
+        == winner.job.spec
+    )
+
+
 # What the spec refuses
+
+
+def test_trials_cannot_train_on_the_split_they_are_compared_on():
+    document = with_trials({"count": 2, "parameters": SPACE})
+    document["spec"]["dataset"]["trainOnValidation"] = True
+    with pytest.raises(SpecError, match=r"trainOnValidation cannot be set with spec.trials.*refit"):
+        parse_job(document)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +140,7 @@ def test_each_candidate_is_the_spec_with_its_parameters_and_without_trials():
         ({"training.metric": {"values": ["val_loss"]}}, "trials are compared by it"),
         ({"model.name": {"values": ["a", "b"]}}, "the best trial is exported under it"),
         ({"training.seed": {"values": [1, 2]}}, "it draws the validation split"),
+        ({"dataset.trainOnValidation": {"values": [True]}}, "a validation split none learns"),
         ({"training.epochs.x": {"values": [1]}}, "epochs is not an object"),
     ],
 )
@@ -330,3 +352,53 @@ def test_run_trains_each_trial_stops_the_hopeless_one_and_exports_the_best(
     assert "training.learningRate=1e-05" in board[3]
     assert f"best trial {best}, best epoch {result['bestEpoch']}" in done.stderr
     assert not math.isnan(result["testAccuracy"])
+
+
+@pytest.mark.slow
+def test_run_with_refit_trains_the_winner_on_the_validation_split_too_and_exports_it(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """Two learning rates, then the better one's parameters once more on the training and
+    validation splits together: that model, from its last epoch, is the job's, while the
+    validation metric it carries is the search's."""
+    document = tiny_job(tiny_mnist, epochs=2, replicas=1)
+    document["spec"]["trials"] = {
+        "count": 2,
+        "parallelism": 2,
+        "algorithm": "grid",
+        "parameters": {"training.learningRate": {"values": [1e-4, 0.003]}},
+        "refit": True,
+    }
+    path = tmp_path / "trials.yaml"
+    path.write_text(yaml.safe_dump(document))
+    workdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetrain.trainer", "run", str(path), "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+
+    study = json.loads((workdir / "trials.json").read_text())
+    winner = next(t for t in study["trials"] if t["index"] == study["best"])
+    assert study["refit"]["trial"] == study["best"]
+    assert study["refit"]["state"] == "Succeeded"
+
+    def examples(label: str) -> int:
+        line = next(x for x in done.stderr.splitlines() if x.startswith(f"{label}: training on"))
+        return int(line.split(": ")[2].split()[0])
+
+    trained, refitted = examples(f"trial {study['best']}"), examples("refit")
+    assert refitted > trained  # the validation split's examples, on top
+
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["checkpoint"].startswith(str(workdir / "trials" / "refit" / "checkpoints"))
+    assert result["bestEpoch"] == 2  # the last: a validation metric it trained on chooses nothing
+    assert result["validation"]["val_accuracy"] == pytest.approx(winner["bestMetric"])
+    assert result["testAccuracy"] == pytest.approx(study["refit"]["testAccuracy"])
+    metadata = json.loads((workdir / "models/mnist/1/metadata.json").read_text())
+    assert metadata["refit"] is True and metadata["trial"] == study["best"]
+    assert metadata["metrics"]["val_accuracy"] == pytest.approx(winner["bestMetric"])
+    assert metadata["metrics"]["test_accuracy"] == pytest.approx(result["testAccuracy"])
+    assert f"refit of trial {study['best']}: Succeeded" in done.stderr

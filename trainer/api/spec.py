@@ -33,7 +33,11 @@ MAX_NAME_LENGTH = 52
 MAX_TRIALS = 1000
 TRIAL_SUFFIX = "-t"
 """On Kubernetes each trial is a TrainingJob of its own, `<name>-t<index>`, owned by the job."""
-MAX_TRIALS_JOB_NAME_LENGTH = MAX_NAME_LENGTH - len(TRIAL_SUFFIX) - len(str(MAX_TRIALS - 1))
+REFIT_SUFFIX = "-refit"
+"""`spec.trials.refit`'s TrainingJob on Kubernetes, `<name>-refit`, owned by the job."""
+MAX_TRIALS_JOB_NAME_LENGTH = MAX_NAME_LENGTH - max(
+    len(TRIAL_SUFFIX) + len(str(MAX_TRIALS - 1)), len(REFIT_SUFFIX)
+)
 
 # Names that end up in object names or API URLs, checked as the API server would check them,
 # so that a job author cannot reach outside their namespace with a path (`../kube-system`).
@@ -135,6 +139,13 @@ class Dataset(_Model):
     )
     limit: int | None = Field(
         None, ge=10, description="Use at most this many training examples (quick trials)."
+    )
+    train_on_validation: bool = Field(
+        False,
+        description="Train on the validation split too, and export the last epoch rather "
+        "than the best: how `spec.trials.refit` trains the winning parameters once more. "
+        "The validation metrics then measure examples the model learned from, so they "
+        "choose nothing; the test split stays unseen.",
     )
 
 
@@ -401,6 +412,7 @@ FIXED_IN_TRIALS: dict[str, str] = {
     "dataset.testFraction": "trials are compared on the same validation split",
     "dataset.splitBy": "trials are compared on the same validation split",
     "training.seed": "it draws the validation split trials are compared on",
+    "dataset.trainOnValidation": "trials are compared on a validation split none learns from",
 }
 """Fields in `TRIALS_SECTIONS` that must not vary, and why: trials are comparable only
 when they are measured the same way."""
@@ -489,6 +501,15 @@ class Trials(_Model):
     early_stopping: EarlyStopping = Field(
         default_factory=EarlyStopping, description="When to stop a trial before its last epoch."
     )
+    refit: bool = Field(
+        False,
+        description="Once every trial has ended, train the best one's parameters again on "
+        "the training and validation splits together and export that model instead "
+        "(scikit-learn's refit; on Kubernetes the TrainingJob `<name>-refit`). The job's "
+        "validation metrics, and so the promotion gate, stay the best trial's: the refit "
+        "has no held-out data left to measure itself on. If the refit fails, the best "
+        "trial's own model is exported.",
+    )
 
     @model_validator(mode="after")
     def _searchable(self) -> Trials:
@@ -559,6 +580,16 @@ class TrainingJobSpec(_Model):
             raise ValueError(
                 f"spec.model.architecture {self.model.architecture!r} is for the "
                 f"{expected} dataset, but spec.dataset.name is {self.dataset.name!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _trials_hold_out_validation(self) -> TrainingJobSpec:
+        if self.trials is not None and self.dataset.train_on_validation:
+            raise ValueError(
+                "spec.dataset.trainOnValidation cannot be set with spec.trials: trials are "
+                "compared on a validation split none of them learns from; set "
+                "spec.trials.refit to train the winner on it afterwards"
             )
         return self
 

@@ -86,6 +86,9 @@ class Reason(StrEnum):
     TRIAL_SUCCEEDED = "TrialSucceeded"
     TRIAL_STOPPED = "TrialStopped"
     TRIAL_FAILED = "TrialFailed"
+    REFITTING = "Refitting"
+    REFIT_SUCCEEDED = "RefitSucceeded"
+    REFIT_FAILED = "RefitFailed"
     # Events: the job's TensorBoard
     TENSORBOARD_CREATED = "TensorBoardCreated"
     TENSORBOARD_DELETED = "TensorBoardDeleted"
@@ -167,6 +170,20 @@ class TrialStatus(_Status):
     message: str | None = Field(None, description="Why it stopped early or failed.")
 
 
+class RefitStatus(_Status):
+    """`spec.trials.refit`: the best trial's parameters trained on training + validation."""
+
+    trial: int = Field(description="The trial whose parameters it trains.")
+    job: str = Field(description="Its TrainingJob, `<name>-refit`.")
+    state: str = Field(description="Pending, Running, Succeeded or Failed.")
+    epochs: int = Field(0, description="Epochs it reported.")
+    model: ModelRef | None = Field(None, description="The model it exported, once it succeeded.")
+    test_metrics: dict[str, float] = Field(default_factory=dict)
+    message: str | None = Field(
+        None, description="Why it failed (the best trial's own model is the job's then)."
+    )
+
+
 class TrainingJobStatus(_Status):
     """What `status` may hold; the CRD's status schema is generated from it."""
 
@@ -211,6 +228,7 @@ class TrainingJobStatus(_Status):
         None, description="`finished/count` trials, for kubectl get."
     )
     best_trial: int | None = Field(None, description="The index of the best trial so far.")
+    refit: RefitStatus | None = Field(None, description="With spec.trials.refit, once started.")
     tensorboard: TensorBoardEndpoint | None = Field(
         None, description="The job's TensorBoard, once created (`spec.tensorboard.enabled`)."
     )
