@@ -26,6 +26,7 @@ from kubetrain.trainer.api.spec import (
     MAX_TRIALS_JOB_NAME_LENGTH,
     OBJECT_STORE_URI,
     PLURAL,
+    REFIT_SUFFIX,
     TENSORBOARD_SUFFIX,
     TRIAL_SUFFIX,
     TrainingJobSpec,
@@ -180,7 +181,8 @@ ROOT_RULES = [
         "rule": "!has(self.spec.trials) || size(self.metadata.name) <= "
         f"{MAX_TRIALS_JOB_NAME_LENGTH}",
         "message": f"metadata.name must be at most {MAX_TRIALS_JOB_NAME_LENGTH} characters "
-        f"with spec.trials (each trial is a TrainingJob <name>{TRIAL_SUFFIX}<index>)",
+        f"with spec.trials (each trial is a TrainingJob <name>{TRIAL_SUFFIX}<index>, the "
+        f"refit <name>{REFIT_SUFFIX})",
         "reason": "FieldValueInvalid",
     },
     {

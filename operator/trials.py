@@ -14,6 +14,7 @@ status, so a trial job that is gone (stopped, or deleted by someone) is never ne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,8 @@ LABEL_TRIAL = "kubetrain.io/trial"
 REFIT = "refit"
 
 ENDED = {TrialState.SUCCEEDED, TrialState.EARLY_STOPPED, TrialState.FAILED}
+
+_Fail = Callable[[str], None]
 
 
 def trial_job_name(job: str, index: int) -> str:
@@ -108,18 +111,46 @@ def _row(job: str, candidate: Candidate) -> dict[str, Any]:
     }
 
 
+def _child_status(
+    row: dict[str, Any], child: dict[str, Any] | None, b: StatusBuilder, fail: _Fail
+) -> dict[str, Any] | None:
+    """The status of a row's TrainingJob (a trial's or the refit's), or None when there is
+    nothing to read: the row has ended, or its job is gone (a row that was running fails)."""
+    if row["state"] in ENDED:
+        return None
+    if child is None or child["deleting"]:
+        if row["state"] == TrialState.RUNNING:
+            fail(f"its TrainingJob {row['job']} was deleted before it finished")
+        return None
+    row["state"] = TrialState.RUNNING  # also a job created on a tick whose status was lost
+    return child["status"]
+
+
+def _outcome(status: dict[str, Any]) -> TrialState | None:
+    """How a child TrainingJob ended (succeeding without a model is failing), or None."""
+    phase = status.get("phase")
+    if phase == Phase.SUCCEEDED and status.get("model"):
+        return TrialState.SUCCEEDED
+    return TrialState.FAILED if phase in (Phase.SUCCEEDED, Phase.FAILED) else None
+
+
+def _failer(row: dict[str, Any], b: StatusBuilder, reason: Reason, event: str) -> _Fail:
+    """Mark the row Failed with a message, and say so in a Warning (`event` formats it)."""
+
+    def fail(message: str) -> None:
+        row["state"] = TrialState.FAILED
+        row["message"] = message
+        b.event("Warning", reason, event.format(message=message))
+
+    return fail
+
+
 def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder) -> None:
     """Bring a trial's row up to date with its job; record how it ended, once."""
-    if row["state"] in ENDED:
+    fail = _failer(row, b, Reason.TRIAL_FAILED, f"trial {row['index']}: {{message}}")
+    status = _child_status(row, trial, b, fail)
+    if status is None:
         return
-    if trial is None or trial["deleting"]:
-        if row["state"] == TrialState.RUNNING:
-            row["state"] = TrialState.FAILED
-            row["message"] = f"its TrainingJob {row['job']} was deleted before it finished"
-            b.event("Warning", Reason.TRIAL_FAILED, f"trial {row['index']}: {row['message']}")
-        return
-    status = trial["status"]
-    row["state"] = TrialState.RUNNING  # also a job created on a tick whose status was lost
     history = [float(v) for v in status.get("metricHistory") or []]
     if history:
         row["history"] = history
@@ -127,8 +158,8 @@ def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder
     best = (status.get("bestCheckpoint") or {}).get("value")
     if best is not None:
         row["bestMetric"] = best
-    phase = status.get("phase")
-    if phase == Phase.SUCCEEDED and status.get("model"):
+    outcome = _outcome(status)
+    if outcome == TrialState.SUCCEEDED:
         row["state"] = TrialState.SUCCEEDED
         row["model"] = status["model"]
         b.event(
@@ -137,28 +168,20 @@ def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder
             f"trial {row['index']} ({row['parameters']}) finished: best "
             f"{(status.get('bestCheckpoint') or {}).get('metric')} {best}",
         )
-    elif phase in (Phase.SUCCEEDED, Phase.FAILED):
-        row["state"] = TrialState.FAILED
-        row["message"] = status.get("lastFailure") or "its chief exported no model"
-        b.event("Warning", Reason.TRIAL_FAILED, f"trial {row['index']}: {row['message']}")
+    elif outcome == TrialState.FAILED:
+        fail(status.get("lastFailure") or "its chief exported no model")
 
 
 def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusBuilder) -> None:
     """Bring the refit's row up to date with its job; record how it ended, once."""
-    if row["state"] in ENDED:
-        return
     fallback = f"the job exports trial {row['trial']}'s own model"
-    if refit is None or refit["deleting"]:
-        if row["state"] == TrialState.RUNNING:
-            row["state"] = TrialState.FAILED
-            row["message"] = f"its TrainingJob {row['job']} was deleted before it finished"
-            b.event("Warning", Reason.REFIT_FAILED, f"refit: {row['message']}; {fallback}")
+    fail = _failer(row, b, Reason.REFIT_FAILED, f"refit: {{message}}; {fallback}")
+    status = _child_status(row, refit, b, fail)
+    if status is None:
         return
-    status = refit["status"]
-    row["state"] = TrialState.RUNNING  # also a job created on a tick whose status was lost
     row["epochs"] = int(status.get("epoch") or 0)
-    phase = status.get("phase")
-    if phase == Phase.SUCCEEDED and status.get("model"):
+    outcome = _outcome(status)
+    if outcome == TrialState.SUCCEEDED:
         row["state"] = TrialState.SUCCEEDED
         row["model"] = status["model"]
         row["testMetrics"] = status.get("testMetrics") or {}
@@ -168,10 +191,8 @@ def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusB
             f"refit of trial {row['trial']} finished: test accuracy "
             f"{row['testMetrics'].get('test_accuracy')}",
         )
-    elif phase in (Phase.SUCCEEDED, Phase.FAILED):
-        row["state"] = TrialState.FAILED
-        row["message"] = status.get("lastFailure") or "its chief exported no model"
-        b.event("Warning", Reason.REFIT_FAILED, f"refit: {row['message']}; {fallback}")
+    elif outcome == TrialState.FAILED:
+        fail(status.get("lastFailure") or "its chief exported no model")
 
 
 def _stop_weak(job: TrainingJob, rows: dict[int, dict[str, Any]], b: StatusBuilder) -> list[str]:

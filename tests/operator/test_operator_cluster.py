@@ -522,6 +522,17 @@ def test_a_job_in_object_storage_trains_and_serves_with_no_volume_at_all(ns: Kub
 # --- trials -----------------------------------------------------------------------------------
 
 
+def search(trials: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The job `search`: one worker a trial, promoting its best model to digits-serving."""
+    return trainingjob(
+        "search",
+        training={"epochs": epochs},
+        workers={"replicas": 1},
+        trials=trials,
+        promotion={"enabled": True, "deployment": "digits-serving", "replicas": 1},
+    )
+
+
 def test_trials_run_as_jobs_of_their_own_and_the_best_ones_model_is_promoted(ns: Kubectl):
     weak, best, broken = 0.1, 0.01, 0.001
     worker = worker_command(
@@ -543,15 +554,7 @@ def test_trials_run_as_jobs_of_their_own_and_the_best_ones_model_is_promoted(ns:
         "earlyStopping": {"medianStop": {"minTrials": 1}},
     }
     with operator(ns, worker):
-        ns.apply(
-            trainingjob(
-                "search",
-                training={"epochs": 6},
-                workers={"replicas": 1},
-                trials=trials,
-                promotion={"enabled": True, "deployment": "digits-serving", "replicas": 1},
-            )
-        )
+        ns.apply(search(trials, epochs=6))
         running = ns.wait_for("tj search", lambda t: t.get("status", {}).get("trials"), timeout=60)
         children = ns.json("get", "tj", "-l", "kubetrain.io/trial-of=search")["items"]
         assert sorted(c["metadata"]["name"] for c in children) == ["search-t0", "search-t1"]
@@ -601,15 +604,7 @@ def test_a_refit_trains_the_winners_parameters_again_and_its_model_is_promoted(n
         "refit": True,
     }
     with operator(ns, worker):
-        ns.apply(
-            trainingjob(
-                "search",
-                training={"epochs": 3},
-                workers={"replicas": 1},
-                trials=trials,
-                promotion={"enabled": True, "deployment": "digits-serving", "replicas": 1},
-            )
-        )
+        ns.apply(search(trials, epochs=3))
         refitting = ns.wait_for("tj search-refit", lambda t: t.get("metadata"), timeout=120)
         done = ns.wait_for("tj search", phase_in("Promoted", "Failed"), timeout=300)
     status = done["status"]

@@ -269,6 +269,21 @@ def test_the_best_trial_is_the_best_that_succeeded_by_the_jobs_metric():
 # `kubetrain run` with trials
 
 
+def kubetrain_run(document: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`kubetrain run` of the job, which must succeed; what it printed, and its workdir."""
+    path = tmp_path / "trials.yaml"
+    path.write_text(yaml.safe_dump(document))
+    workdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetrain.trainer", "run", str(path), "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    return done, workdir
+
+
 @pytest.mark.slow
 def test_run_trains_each_trial_stops_the_hopeless_one_and_exports_the_best(
     tiny_mnist: Path, tmp_path: Path
@@ -284,16 +299,7 @@ def test_run_trains_each_trial_stops_the_hopeless_one_and_exports_the_best(
         "parameters": {"training.learningRate": {"values": [1e-4, 0.003, 1e-5]}},
         "earlyStopping": {"medianStop": {"minTrials": 2}},
     }
-    path = tmp_path / "trials.yaml"
-    path.write_text(yaml.safe_dump(document))
-    workdir = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetrain.trainer", "run", str(path), "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr
+    done, workdir = kubetrain_run(document, tmp_path)
 
     study = json.loads((workdir / "trials.json").read_text())
     trials = {t["index"]: t for t in study["trials"]}
@@ -369,16 +375,7 @@ def test_run_with_refit_trains_the_winner_on_the_validation_split_too_and_export
         "parameters": {"training.learningRate": {"values": [1e-4, 0.003]}},
         "refit": True,
     }
-    path = tmp_path / "trials.yaml"
-    path.write_text(yaml.safe_dump(document))
-    workdir = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetrain.trainer", "run", str(path), "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr
+    done, workdir = kubetrain_run(document, tmp_path)
 
     study = json.loads((workdir / "trials.json").read_text())
     winner = next(t for t in study["trials"] if t["index"] == study["best"])
