@@ -41,16 +41,17 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    best_trial = ""
+    best_trial, refitted = "", False
     try:
         if job.spec.trials is None:
             result = run_local(job, workdir)
         else:
-            from .trials import leaderboard
+            from .trials import TrialState, leaderboard
 
             result, study = run_trials(job, workdir)
             print(leaderboard(study), file=sys.stderr)
             best_trial = f"best trial {study.best}, "
+            refitted = study.refit is not None and study.refit.state == TrialState.SUCCEEDED
     except SpecError as err:  # a trial whose parameters make an invalid spec: none trained
         print(f"error: {args.file}: {err}", file=sys.stderr)
         return 2
@@ -64,11 +65,15 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     model = result.model
     where = _shown(Path(model.path or ""))
+    validation = f"{result.metric} {result.validation.get(result.metric, float('nan')):.4f}"
+    trained = (
+        f"{validation}; refitted on training + validation for {result.best_epoch} epochs"
+        if refitted
+        else f"best epoch {result.best_epoch}: {validation}"
+    )
     print(
-        f"{best_trial}best epoch {result.best_epoch}: {result.metric} "
-        f"{result.validation.get(result.metric, float('nan')):.4f}, "
-        f"test accuracy {result.test_accuracy:.4f}; exported {model.name} "
-        f"version {model.version} to {where}",
+        f"{best_trial}{trained}, test accuracy {result.test_accuracy:.4f}; exported "
+        f"{model.name} version {model.version} to {where}",
         file=sys.stderr,
     )
     if not args.serve:

@@ -399,3 +399,5 @@ def test_run_with_refit_trains_the_winner_on_the_validation_split_too_and_export
     assert metadata["metrics"]["val_accuracy"] == pytest.approx(winner["bestMetric"])
     assert metadata["metrics"]["test_accuracy"] == pytest.approx(result["testAccuracy"])
     assert f"refit of trial {study['best']}: Succeeded" in done.stderr
+    assert f"best trial {study['best']}, val_accuracy" in done.stderr
+    assert "refitted on training + validation for 2 epochs, test accuracy" in done.stderr
