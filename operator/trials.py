@@ -126,12 +126,17 @@ def _child_status(
     return child["status"]
 
 
-def _outcome(status: dict[str, Any]) -> TrialState | None:
-    """How a child TrainingJob ended (succeeding without a model is failing), or None."""
+def _settle(row: dict[str, Any], status: dict[str, Any], fail: _Fail) -> bool:
+    """Record how a child TrainingJob ended, if it has; True when it succeeded (with a model:
+    succeeding without one is failing)."""
     phase = status.get("phase")
     if phase == Phase.SUCCEEDED and status.get("model"):
-        return TrialState.SUCCEEDED
-    return TrialState.FAILED if phase in (Phase.SUCCEEDED, Phase.FAILED) else None
+        row["state"] = TrialState.SUCCEEDED
+        row["model"] = status["model"]
+        return True
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        fail(status.get("lastFailure") or "its chief exported no model")
+    return False
 
 
 def _failer(row: dict[str, Any], b: StatusBuilder, reason: Reason, event: str) -> _Fail:
@@ -158,18 +163,13 @@ def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder
     best = (status.get("bestCheckpoint") or {}).get("value")
     if best is not None:
         row["bestMetric"] = best
-    outcome = _outcome(status)
-    if outcome == TrialState.SUCCEEDED:
-        row["state"] = TrialState.SUCCEEDED
-        row["model"] = status["model"]
+    if _settle(row, status, fail):
         b.event(
             "Normal",
             Reason.TRIAL_SUCCEEDED,
             f"trial {row['index']} ({row['parameters']}) finished: best "
             f"{(status.get('bestCheckpoint') or {}).get('metric')} {best}",
         )
-    elif outcome == TrialState.FAILED:
-        fail(status.get("lastFailure") or "its chief exported no model")
 
 
 def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusBuilder) -> None:
@@ -180,10 +180,7 @@ def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusB
     if status is None:
         return
     row["epochs"] = int(status.get("epoch") or 0)
-    outcome = _outcome(status)
-    if outcome == TrialState.SUCCEEDED:
-        row["state"] = TrialState.SUCCEEDED
-        row["model"] = status["model"]
+    if _settle(row, status, fail):
         row["testMetrics"] = status.get("testMetrics") or {}
         b.event(
             "Normal",
@@ -191,8 +188,6 @@ def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusB
             f"refit of trial {row['trial']} finished: test accuracy "
             f"{row['testMetrics'].get('test_accuracy')}",
         )
-    elif outcome == TrialState.FAILED:
-        fail(status.get("lastFailure") or "its chief exported no model")
 
 
 def _stop_weak(job: TrainingJob, rows: dict[int, dict[str, Any]], b: StatusBuilder) -> list[str]:
