@@ -6,8 +6,8 @@ trainer's `trials.candidates`), stops those the median rule gives up on by delet
 once every trial has ended takes the best one's exported model as its own (or, with
 `spec.trials.refit`, the model of a last TrainingJob that trains the best one's parameters on
 the training and validation splits together): from there it is Succeeded and promotion runs
-as for any job. What became of each trial is kept in the job's
-status, so a trial job that is gone (stopped, or deleted by someone) is never needed again.
+as for any job. What became of each trial is kept in the job's status, so a trial job that is
+gone (stopped, or deleted by someone) is never needed again.
 
 `plan` is pure: the handler lists the trial jobs, calls it and carries out its actions.
 """
@@ -112,7 +112,7 @@ def _row(job: str, candidate: Candidate) -> dict[str, Any]:
 
 
 def _child_status(
-    row: dict[str, Any], child: dict[str, Any] | None, b: StatusBuilder, fail: _Fail
+    row: dict[str, Any], child: dict[str, Any] | None, fail: _Fail
 ) -> dict[str, Any] | None:
     """The status of a row's TrainingJob (a trial's or the refit's), or None when there is
     nothing to read: the row has ended, or its job is gone (a row that was running fails)."""
@@ -153,7 +153,7 @@ def _failer(row: dict[str, Any], b: StatusBuilder, reason: Reason, event: str) -
 def _observe(row: dict[str, Any], trial: dict[str, Any] | None, b: StatusBuilder) -> None:
     """Bring a trial's row up to date with its job; record how it ended, once."""
     fail = _failer(row, b, Reason.TRIAL_FAILED, f"trial {row['index']}: {{message}}")
-    status = _child_status(row, trial, b, fail)
+    status = _child_status(row, trial, fail)
     if status is None:
         return
     history = [float(v) for v in status.get("metricHistory") or []]
@@ -176,7 +176,7 @@ def _observe_refit(row: dict[str, Any], refit: dict[str, Any] | None, b: StatusB
     """Bring the refit's row up to date with its job; record how it ended, once."""
     fallback = f"the job exports trial {row['trial']}'s own model"
     fail = _failer(row, b, Reason.REFIT_FAILED, f"refit: {{message}}; {fallback}")
-    status = _child_status(row, refit, b, fail)
+    status = _child_status(row, refit, fail)
     if status is None:
         return
     row["epochs"] = int(status.get("epoch") or 0)
@@ -262,8 +262,8 @@ def plan(
     started = parse_time(b.new.get("startTime"))
     if deadline is not None and started and now >= started + timedelta(seconds=deadline):
         message = f"the job ran longer than activeDeadlineSeconds ({deadline}s)"
-        for row in [*rows.values(), refit_row or {}]:
-            if row.get("state") == TrialState.RUNNING:
+        for row in [*rows.values(), *([refit_row] if refit_row else [])]:
+            if row["state"] == TrialState.RUNNING:
                 row["state"] = TrialState.FAILED
                 row["message"] = message
                 b.plan.delete_trials.append(row["job"])

@@ -510,9 +510,9 @@ def finish(
     metric = spec.training.metric
     stored = Store.open(layout.checkpoints)
     kept = checkpoints.list_checkpoints(stored)
-    best = checkpoints.best_checkpoint(kept, metric)
-    if spec.dataset.train_on_validation:  # the metric would choose what memorised it best
-        best = kept[-1]
+    # Trained on the validation split, the metric would choose what memorised it best.
+    last_only = spec.dataset.train_on_validation
+    best = kept[-1] if last_only else checkpoints.best_checkpoint(kept, metric)
     model = build_model(spec.model.architecture, source.input_shape, len(source.class_names))
     compile_model(model, spec.training.learning_rate)
     model.load_weights(str(checkpoints.weights(stored, best, scratch / "best"))).expect_partial()

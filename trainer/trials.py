@@ -94,9 +94,7 @@ def apply(job: TrainingJob, parameters: dict[str, Any]) -> TrainingJob:
 def refit(job: TrainingJob, parameters: dict[str, Any]) -> TrainingJob:
     """`spec.trials.refit`'s job: the winning parameters trained on the training and
     validation splits together, for all of the spec's epochs."""
-    document = apply(job, parameters).model_dump(mode="json", by_alias=True, exclude_none=True)
-    document["spec"]["dataset"]["trainOnValidation"] = True
-    return parse_job(document)
+    return apply(job, {**parameters, "dataset.trainOnValidation": True})
 
 
 def candidates(job: TrainingJob) -> list[Candidate]:

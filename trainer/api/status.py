@@ -175,7 +175,7 @@ class RefitStatus(_Status):
 
     trial: int = Field(description="The trial whose parameters it trains.")
     job: str = Field(description="Its TrainingJob, `<name>-refit`.")
-    state: str = Field(description="Pending, Running, Succeeded or Failed.")
+    state: str = Field(description="Running, Succeeded or Failed.")
     epochs: int = Field(0, description="Epochs it reported.")
     model: ModelRef | None = Field(None, description="The model it exported, once it succeeded.")
     test_metrics: dict[str, float] = Field(default_factory=dict)
