@@ -82,12 +82,10 @@ def sum_in_half_precision(
     """The workers' gradients summed in one all-reduce of float16 values, half the bytes of
     the float32 sum the optimizer would otherwise make.
 
-    The all-reduce travels over gRPC between the workers' processes and costs about its size:
-    for `mnist-dense` (0.4M gradients) on one 2-core machine, three runs of each measured two
-    workers at 0.33-0.38x of one worker's examples/second summing float32 and 0.44-0.48x
-    summing float16 at a global batch of 256, and 0.74-0.80x against 0.79-0.94x at 2,048
-    (`bench/trainer_accuracy.py --only throughput`). A float16 sum keeps about three
-    significant digits of each gradient; the 2-worker MNIST example scored the same with it.
+    The all-reduce travels over gRPC between the workers' processes and costs about its size,
+    so two workers of `mnist-dense` on one 2-core machine train measurably faster this way (the
+    README's throughput table). A float16 sum keeps about three significant digits of each
+    worker's gradient, which Adam's per-weight scaling tolerates.
     """
     context = tf.distribute.get_replica_context()
     halves = context.all_reduce(

@@ -113,3 +113,47 @@ def test_class_weighted_batches_train_as_keras_fit_with_class_weight() -> None:
     compile_model(unweighted, 0.05)
     unweighted.fit(_batches(), epochs=2, steps_per_epoch=STEPS, verbose=0)
     assert not np.allclose(unweighted.get_weights()[0], plain.get_weights()[0])
+
+
+# Two replicas on two logical CPUs need a fresh TensorFlow: the devices are fixed at its start.
+_TWO_REPLICAS = """
+import json, sys
+import numpy as np
+from kubetrain.trainer.tflib import tf
+from kubetrain.trainer.steps import sum_in_half_precision
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+gradients = tf.constant(json.loads(sys.argv[1]), tf.float32)
+with strategy.scope():
+    variable = tf.Variable(tf.zeros(gradients.shape[1]))
+
+def replica():
+    own = gradients[tf.distribute.get_replica_context().replica_id_in_sync_group]
+    return sum_in_half_precision([own], [variable])[0]
+
+summed = strategy.experimental_local_results(strategy.run(replica))
+print(json.dumps([[s.dtype.name, s.numpy().tolist()] for s in summed]))
+"""
+
+
+def test_replicas_sum_their_gradients_in_half_precision_to_three_significant_digits() -> None:
+    import json
+    import subprocess
+    import sys
+
+    gradients = np.random.default_rng(5).normal(scale=1e-3, size=(2, 200)).astype(np.float32)
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", _TWO_REPLICAS, json.dumps(gradients.tolist())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(summed) == 2  # every replica gets the sum, not only one of them
+    for dtype, values in summed:
+        assert dtype == "float32"  # the optimizer sees the variables' dtype again
+        # Each worker's gradient keeps about three significant digits on the way.
+        error = np.abs(np.asarray(values) - gradients.sum(axis=0))
+        assert (error <= 2e-3 * np.abs(gradients).max(axis=0)).all(), error.max()
