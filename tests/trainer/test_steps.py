@@ -3,6 +3,10 @@ class weights included."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from kubetrain.trainer.models import compile_model
@@ -139,10 +143,6 @@ print(json.dumps([[s.dtype.name, s.numpy().tolist()] for s in summed]))
 
 
 def test_replicas_sum_their_gradients_in_half_precision_to_three_significant_digits() -> None:
-    import json
-    import subprocess
-    import sys
-
     gradients = np.random.default_rng(5).normal(scale=1e-3, size=(2, 200)).astype(np.float32)
     done = subprocess.run(
         [sys.executable, "-P", "-c", _TWO_REPLICAS, json.dumps(gradients.tolist())],
